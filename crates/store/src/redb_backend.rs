@@ -735,6 +735,12 @@ fn io_or_truncated(path: &Path, source: std::io::Error) -> StoreError {
             path: path.to_owned(),
             reason: "the file is truncated".into(),
         }
+    } else if source.kind() == std::io::ErrorKind::InvalidData {
+        // redb says so when the file does not start with its magic number.
+        StoreError::NotAStore {
+            path: path.to_owned(),
+            reason: source.to_string(),
+        }
     } else {
         StoreError::Io {
             path: path.to_owned(),

@@ -36,7 +36,10 @@ pub async fn versions_and_revisions(store: &dyn Store) {
     assert_eq!(store.revision().await.unwrap(), r2 + 1);
 
     // Re-created: a new create revision and the version starts again at 1.
-    let r4 = store.put(&k, b"three".to_vec(), Expect::Absent).await.unwrap();
+    let r4 = store
+        .put(&k, b"three".to_vec(), Expect::Absent)
+        .await
+        .unwrap();
     let v = store.get(&k).await.unwrap().unwrap();
     assert_eq!((v.create_revision, v.mod_revision, v.version), (r4, r4, 1));
 }
@@ -46,7 +49,10 @@ pub async fn versions_and_revisions(store: &dyn Store) {
 pub async fn compare_and_swap(store: &dyn Store) {
     let k = key("/conf/cas/k");
     let r1 = store.put(&k, b"a".to_vec(), Expect::Absent).await.unwrap();
-    let err = store.put(&k, b"b".to_vec(), Expect::Absent).await.unwrap_err();
+    let err = store
+        .put(&k, b"b".to_vec(), Expect::Absent)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, StoreError::Conflict { key, expected: Expect::Absent, actual: Some(r) } if key == "/conf/cas/k" && *r == r1),
         "{err:?}"
@@ -55,18 +61,43 @@ pub async fn compare_and_swap(store: &dyn Store) {
         err.to_string(),
         format!("conflict on /conf/cas/k: expected absent, found revision {r1}")
     );
-    let r2 = store.put(&k, b"b".to_vec(), Expect::Revision(r1)).await.unwrap();
-    let err = store.put(&k, b"c".to_vec(), Expect::Revision(r1)).await.unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { actual: Some(r), .. } if r == r2), "{err:?}");
+    let r2 = store
+        .put(&k, b"b".to_vec(), Expect::Revision(r1))
+        .await
+        .unwrap();
+    let err = store
+        .put(&k, b"c".to_vec(), Expect::Revision(r1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { actual: Some(r), .. } if r == r2),
+        "{err:?}"
+    );
     assert_eq!(store.get(&k).await.unwrap().unwrap().value, b"b");
 
     let missing = key("/conf/cas/missing");
-    let err = store.put(&missing, b"x".to_vec(), Expect::Exists).await.unwrap_err();
-    assert_eq!(err.to_string(), "conflict on /conf/cas/missing: expected present, found absent");
+    let err = store
+        .put(&missing, b"x".to_vec(), Expect::Exists)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "conflict on /conf/cas/missing: expected present, found absent"
+    );
     let err = store.delete(&k, Expect::Revision(r1)).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
-    assert!(store.get(&k).await.unwrap().is_some(), "a refused delete deletes nothing");
-    assert_eq!(store.delete(&k, Expect::Revision(r2)).await.unwrap().is_some(), true);
+    assert!(
+        store.get(&k).await.unwrap().is_some(),
+        "a refused delete deletes nothing"
+    );
+    assert_eq!(
+        store
+            .delete(&k, Expect::Revision(r2))
+            .await
+            .unwrap()
+            .is_some(),
+        true
+    );
 }
 
 /// `tasks` concurrent tasks each increment one counter once with read + CAS + retry; the
@@ -82,9 +113,16 @@ pub async fn cas_race(store: Arc<dyn Store>, tasks: usize) {
             let mut conflicts = 0u32;
             loop {
                 let current = store.get(&k).await.unwrap().unwrap();
-                let n: u64 = std::str::from_utf8(&current.value).unwrap().parse().unwrap();
+                let n: u64 = std::str::from_utf8(&current.value)
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 match store
-                    .put(&k, (n + 1).to_string().into_bytes(), Expect::Revision(current.mod_revision))
+                    .put(
+                        &k,
+                        (n + 1).to_string().into_bytes(),
+                        Expect::Revision(current.mod_revision),
+                    )
                     .await
                 {
                     Ok(rev) => return (rev, conflicts),
@@ -97,7 +135,10 @@ pub async fn cas_race(store: Arc<dyn Store>, tasks: usize) {
     let mut revisions = HashSet::new();
     for h in handles {
         let (rev, _) = h.await.unwrap();
-        assert!(revisions.insert(rev), "two increments acknowledged at revision {rev}");
+        assert!(
+            revisions.insert(rev),
+            "two increments acknowledged at revision {rev}"
+        );
     }
     let end = store.get(&k).await.unwrap().unwrap();
     assert_eq!(std::str::from_utf8(&end.value).unwrap(), tasks.to_string());
@@ -119,16 +160,26 @@ pub async fn txn_atomicity(store: &dyn Store) {
         .await
         .unwrap();
     assert!(committed.changed);
-    assert_eq!(committed.revision, before + 1, "one transaction, one revision");
+    assert_eq!(
+        committed.revision,
+        before + 1,
+        "one transaction, one revision"
+    );
     for k in [&a, &b, &c] {
-        assert_eq!(store.get(k).await.unwrap().unwrap().mod_revision, committed.revision);
+        assert_eq!(
+            store.get(k).await.unwrap().unwrap().mod_revision,
+            committed.revision
+        );
     }
 
     // The second comparison fails: neither the put nor the delete may apply.
     let err = store
         .txn(
             Txn::new()
-                .compare(Compare::new(a.clone(), Expect::Revision(committed.revision)))
+                .compare(Compare::new(
+                    a.clone(),
+                    Expect::Revision(committed.revision),
+                ))
                 .compare(Compare::new(b.clone(), Expect::Absent))
                 .put(a.clone(), b"2".to_vec())
                 .delete(c.clone()),
@@ -149,7 +200,10 @@ pub async fn txn_atomicity(store: &dyn Store) {
         .await
         .unwrap();
     assert!(r.changed);
-    assert_eq!(store.get(&a).await.unwrap().unwrap().mod_revision, r.revision);
+    assert_eq!(
+        store.get(&a).await.unwrap().unwrap().mod_revision,
+        r.revision
+    );
     assert_eq!(store.get(&c).await.unwrap(), None);
 }
 
@@ -158,17 +212,26 @@ pub async fn txn_atomicity(store: &dyn Store) {
 pub async fn txn_isolation_under_concurrency(store: Arc<dyn Store>) {
     let (a, b) = (key("/conf/bank/a"), key("/conf/bank/b"));
     store
-        .txn(Txn::new().put(a.clone(), b"500".to_vec()).put(b.clone(), b"500".to_vec()))
+        .txn(
+            Txn::new()
+                .put(a.clone(), b"500".to_vec())
+                .put(b.clone(), b"500".to_vec()),
+        )
         .await
         .unwrap();
-    let read = |v: &ringfence_store::Versioned| -> i64 { std::str::from_utf8(&v.value).unwrap().parse().unwrap() };
+    let read = |v: &ringfence_store::Versioned| -> i64 {
+        std::str::from_utf8(&v.value).unwrap().parse().unwrap()
+    };
     let mut writers = Vec::new();
     for t in 0..8i64 {
         let (store, a, b) = (Arc::clone(&store), a.clone(), b.clone());
         writers.push(tokio::spawn(async move {
             let mut done = 0;
             while done < 10 {
-                let (va, vb) = (store.get(&a).await.unwrap().unwrap(), store.get(&b).await.unwrap().unwrap());
+                let (va, vb) = (
+                    store.get(&a).await.unwrap().unwrap(),
+                    store.get(&b).await.unwrap().unwrap(),
+                );
                 let amount = (t % 3) + 1;
                 let txn = Txn::new()
                     .compare(Compare::new(a.clone(), Expect::Revision(va.mod_revision)))
@@ -188,7 +251,11 @@ pub async fn txn_isolation_under_concurrency(store: Arc<dyn Store>) {
     while writers.iter().any(|w| !w.is_finished()) || checks == 0 {
         let page = store.range(&prefix, PageRequest::first(10)).await.unwrap();
         let total: i64 = page.items.iter().map(read).sum();
-        assert_eq!(total, 1000, "a reader saw half a transaction at revision {}", page.revision);
+        assert_eq!(
+            total, 1000,
+            "a reader saw half a transaction at revision {}",
+            page.revision
+        );
         checks += 1;
         tokio::task::yield_now().await;
     }
@@ -203,13 +270,22 @@ pub async fn paging(store: &dyn Store) {
     for chunk in (0..total).collect::<Vec<_>>().chunks(50) {
         let mut txn = Txn::new();
         for i in chunk {
-            txn = txn.put(key(&format!("/conf/page/p/{i:04}")), i.to_string().into_bytes());
+            txn = txn.put(
+                key(&format!("/conf/page/p/{i:04}")),
+                i.to_string().into_bytes(),
+            );
         }
         store.txn(txn).await.unwrap();
     }
     // Neighbours that a sloppy prefix match would include.
-    store.put(&key("/conf/page/p-other"), b"x".to_vec(), Expect::Any).await.unwrap();
-    store.put(&key("/conf/page/q/0000"), b"x".to_vec(), Expect::Any).await.unwrap();
+    store
+        .put(&key("/conf/page/p-other"), b"x".to_vec(), Expect::Any)
+        .await
+        .unwrap();
+    store
+        .put(&key("/conf/page/q/0000"), b"x".to_vec(), Expect::Any)
+        .await
+        .unwrap();
 
     let prefix = Prefix::new("/conf/page/p/").unwrap();
     let mut seen = Vec::new();
@@ -233,12 +309,21 @@ pub async fn paging(store: &dyn Store) {
     let page = store.range(&prefix, PageRequest::first(0)).await.unwrap();
     assert_eq!(page.items.len(), total);
     assert_eq!(page.next, None);
-    let page = store.range(&prefix, PageRequest::first(total)).await.unwrap();
+    let page = store
+        .range(&prefix, PageRequest::first(total))
+        .await
+        .unwrap();
     assert_eq!((page.items.len(), page.next), (total, None));
 
     // A cursor inside the prefix continues after it.
     let page = store
-        .range(&prefix, PageRequest { after: Some(key("/conf/page/p/0247")), limit: 10 })
+        .range(
+            &prefix,
+            PageRequest {
+                after: Some(key("/conf/page/p/0247")),
+                limit: 10,
+            },
+        )
         .await
         .unwrap();
     let keys: Vec<_> = page.items.iter().map(|v| v.key.as_str()).collect();
@@ -258,14 +343,28 @@ pub async fn watch_order_and_resume(store: Arc<dyn Store>) {
     let mut expected: Vec<(u64, String, bool)> = Vec::new();
     for i in 0..30 {
         let k = key(&format!("/conf/watch/k{}", i % 7));
-        let r = store.put(&k, format!("v{i}").into_bytes(), Expect::Any).await.unwrap();
+        let r = store
+            .put(&k, format!("v{i}").into_bytes(), Expect::Any)
+            .await
+            .unwrap();
         expected.push((r, k.to_string(), true));
         // Writes outside the prefix must not show up.
-        store.put(&key("/conf/watchnot/x"), b"x".to_vec(), Expect::Any).await.unwrap();
+        store
+            .put(&key("/conf/watchnot/x"), b"x".to_vec(), Expect::Any)
+            .await
+            .unwrap();
         if i % 10 == 9 {
-            let (ka, kb) = (key(&format!("/conf/watch/t{i}/a")), key(&format!("/conf/watch/t{i}/b")));
+            let (ka, kb) = (
+                key(&format!("/conf/watch/t{i}/a")),
+                key(&format!("/conf/watch/t{i}/b")),
+            );
             let c = store
-                .txn(Txn::new().put(ka.clone(), b"a".to_vec()).put(kb.clone(), b"b".to_vec()).delete(k.clone()))
+                .txn(
+                    Txn::new()
+                        .put(ka.clone(), b"a".to_vec())
+                        .put(kb.clone(), b"b".to_vec())
+                        .delete(k.clone()),
+                )
                 .await
                 .unwrap();
             expected.push((c.revision, ka.to_string(), true));
@@ -273,27 +372,47 @@ pub async fn watch_order_and_resume(store: Arc<dyn Store>) {
             expected.push((c.revision, k.to_string(), false));
         }
     }
-    let summarize = |ev: &WatchEvent| (ev.revision, ev.key.to_string(), matches!(ev.kind, EventKind::Put { .. }));
-    let order = |v: &mut Vec<(u64, String, bool)>| v.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
+    let summarize = |ev: &WatchEvent| {
+        (
+            ev.revision,
+            ev.key.to_string(),
+            matches!(ev.kind, EventKind::Put { .. }),
+        )
+    };
+    let order =
+        |v: &mut Vec<(u64, String, bool)>| v.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
     let mut expected_sorted = expected.clone();
     order(&mut expected_sorted);
 
     let got = take(live, expected.len()).await;
     let mut got_sorted: Vec<_> = got.iter().map(summarize).collect();
-    assert!(got.windows(2).all(|w| w[0].revision <= w[1].revision), "events arrive in revision order");
+    assert!(
+        got.windows(2).all(|w| w[0].revision <= w[1].revision),
+        "events arrive in revision order"
+    );
     order(&mut got_sorted);
-    assert_eq!(got_sorted, expected_sorted, "live watch saw exactly the changes under the prefix");
+    assert_eq!(
+        got_sorted, expected_sorted,
+        "live watch saw exactly the changes under the prefix"
+    );
 
     // Replay from the start of history, stop after 10 events ("disconnect"; the 10th is the
     // last single put before the first transaction), resume from its revision + 1: together
     // the two streams hold every event exactly once.
     let first = take(store.watch(&prefix, start).await.unwrap(), 10).await;
     let resumed_from = first.last().unwrap().revision + 1;
-    let rest = take(store.watch(&prefix, resumed_from).await.unwrap(), expected.len() - 10).await;
+    let rest = take(
+        store.watch(&prefix, resumed_from).await.unwrap(),
+        expected.len() - 10,
+    )
+    .await;
     assert!(rest.iter().all(|e| e.revision >= resumed_from));
     let mut union: Vec<_> = first.iter().chain(rest.iter()).map(summarize).collect();
     order(&mut union);
-    assert_eq!(union, expected_sorted, "replay + resume saw every change exactly once");
+    assert_eq!(
+        union, expected_sorted,
+        "replay + resume saw every change exactly once"
+    );
     let txn_revision = rest.first().unwrap().revision;
     assert_eq!(
         rest.iter().filter(|e| e.revision == txn_revision).count(),
@@ -302,9 +421,18 @@ pub async fn watch_order_and_resume(store: Arc<dyn Store>) {
     );
 
     // Values and versions come with put events.
-    let ev = rest.iter().find(|e| matches!(e.kind, EventKind::Put { .. })).unwrap();
+    let ev = rest
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::Put { .. }))
+        .unwrap();
     let current = store.get(&ev.key).await.unwrap();
-    if let (EventKind::Put { create_revision, .. }, Some(cur)) = (&ev.kind, current) {
+    if let (
+        EventKind::Put {
+            create_revision, ..
+        },
+        Some(cur),
+    ) = (&ev.kind, current)
+    {
         assert!(*create_revision <= cur.mod_revision);
     }
 }
@@ -315,22 +443,58 @@ pub async fn limits(store: &dyn Store) {
     let limits = store.limits();
     let before = store.revision().await.unwrap();
     let big = vec![0u8; limits.max_value_len + 1];
-    let err = store.put(&key("/conf/limits/big"), big, Expect::Any).await.unwrap_err();
+    let err = store
+        .put(&key("/conf/limits/big"), big, Expect::Any)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::ValueTooLarge { .. }), "{err:?}");
-    assert!(err.to_string().contains("the store accepts at most 1048576"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("the store accepts at most 1048576"),
+        "{err}"
+    );
     let exact = vec![7u8; limits.max_value_len];
-    store.put(&key("/conf/limits/exact"), exact.clone(), Expect::Any).await.unwrap();
-    assert_eq!(store.get(&key("/conf/limits/exact")).await.unwrap().unwrap().value, exact);
+    store
+        .put(&key("/conf/limits/exact"), exact.clone(), Expect::Any)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get(&key("/conf/limits/exact"))
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        exact
+    );
 
     let mut many = Txn::new();
     for i in 0..=limits.max_txn_ops {
         many = many.put(key(&format!("/conf/limits/m{i}")), vec![]);
     }
     let err = store.txn(many).await.unwrap_err();
-    assert!(matches!(err, StoreError::TxnTooLarge { what: "operations", .. }), "{err:?}");
-    let dup = Txn::new().put(key("/conf/limits/d"), vec![]).put(key("/conf/limits/d"), vec![1]);
-    assert!(matches!(store.txn(dup).await.unwrap_err(), StoreError::DuplicateKey { .. }));
-    assert_eq!(store.revision().await.unwrap(), before + 1, "only the exact-size put was written");
+    assert!(
+        matches!(
+            err,
+            StoreError::TxnTooLarge {
+                what: "operations",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let dup = Txn::new()
+        .put(key("/conf/limits/d"), vec![])
+        .put(key("/conf/limits/d"), vec![1]);
+    assert!(matches!(
+        store.txn(dup).await.unwrap_err(),
+        StoreError::DuplicateKey { .. }
+    ));
+    assert_eq!(
+        store.revision().await.unwrap(),
+        before + 1,
+        "only the exact-size put was written"
+    );
 }
 
 async fn take(mut stream: WatchStream, n: usize) -> Vec<WatchEvent> {

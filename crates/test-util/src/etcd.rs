@@ -16,7 +16,11 @@ pub fn etcd_binary() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let candidates = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|d| d.join("etcd")).collect::<Vec<_>>())
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("etcd"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     candidates
         .into_iter()
@@ -105,7 +109,9 @@ impl EtcdCluster {
 
     async fn try_start(n: usize) -> Result<Self> {
         let binary = etcd_binary()?;
-        let dir = tempfile::Builder::new().prefix("ringfence-etcd-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("ringfence-etcd-")
+            .tempdir()?;
         let mut members = Vec::new();
         for i in 0..n {
             members.push(Member {
@@ -123,7 +129,13 @@ impl EtcdCluster {
             .join(",");
         let token = format!("ringfence-test-{}", std::process::id());
         for m in &mut members {
-            m.child = Some(spawn_member(&binary, dir.path(), m, &initial_cluster, &token)?);
+            m.child = Some(spawn_member(
+                &binary,
+                dir.path(),
+                m,
+                &initial_cluster,
+                &token,
+            )?);
         }
         let mut cluster = Self { members, dir };
         cluster.wait_healthy(Duration::from_secs(20)).await?;
@@ -190,7 +202,11 @@ impl EtcdCluster {
             loop {
                 let m = &mut self.members[i];
                 if !m.is_running() {
-                    bail!("etcd member {} exited during start:\n{}", m.name, m.log_tail());
+                    bail!(
+                        "etcd member {} exited during start:\n{}",
+                        m.name,
+                        m.log_tail()
+                    );
                 }
                 if let Ok(mut c) = connect(&m.endpoint()).await
                     && c.get("/", None).await.is_ok()
@@ -198,7 +214,11 @@ impl EtcdCluster {
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!("etcd member {} did not serve within {limit:?}:\n{}", m.name, m.log_tail());
+                    bail!(
+                        "etcd member {} did not serve within {limit:?}:\n{}",
+                        m.name,
+                        m.log_tail()
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -215,7 +235,13 @@ impl Drop for EtcdCluster {
     }
 }
 
-fn spawn_member(binary: &Path, dir: &Path, m: &Member, initial_cluster: &str, token: &str) -> Result<Child> {
+fn spawn_member(
+    binary: &Path,
+    dir: &Path,
+    m: &Member,
+    initial_cluster: &str,
+    token: &str,
+) -> Result<Child> {
     let client = format!("http://127.0.0.1:{}", m.client_port);
     let peer = format!("http://127.0.0.1:{}", m.peer_port);
     let log = std::fs::File::create(&m.log)?;
@@ -224,9 +250,24 @@ fn spawn_member(binary: &Path, dir: &Path, m: &Member, initial_cluster: &str, to
         .arg(&m.name)
         .arg("--data-dir")
         .arg(dir.join(&m.name))
-        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", initial_cluster, "--initial-cluster-state", "new"])
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args([
+            "--initial-cluster",
+            initial_cluster,
+            "--initial-cluster-state",
+            "new",
+        ])
         .args(["--initial-cluster-token", token])
         // Fast elections keep failover tests short; loopback latency is microseconds.
         .args(["--heartbeat-interval", "50", "--election-timeout", "500"])

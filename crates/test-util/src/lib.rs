@@ -5,7 +5,12 @@
 //! A test that needs an external program (etcd) fails loudly when it is missing; it never
 //! passes by skipping. `scripts/test.sh` installs what is needed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 pub mod conformance;
 pub mod etcd;
