@@ -152,6 +152,25 @@ impl EtcdStore {
         }
     }
 
+    /// Sends a write. Retried only when the request provably never left this process (the
+    /// connection to the chosen member was refused), so a retry can never apply it twice.
+    async fn send_txn(&self, request: EtcdTxn) -> Result<etcd_client::TxnResponse, StoreError> {
+        let attempts = self.options.attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            match self.client.clone().txn(request.clone()).await {
+                Ok(resp) => return Ok(resp),
+                Err(e) if never_sent(&e) && attempt < attempts => {
+                    // The balancer moves to the next member; a short pause avoids spinning
+                    // while every member is down.
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.map_error(attempt, &e)),
+            }
+        }
+    }
+
     fn map_error(&self, attempts: u32, e: &etcd_client::Error) -> StoreError {
         if is_transient(e) {
             return self.unavailable(attempts, e);
@@ -206,12 +225,7 @@ impl Store for EtcdStore {
             .when(compares)
             .and_then(ops)
             .or_else(on_failure);
-        let resp = self
-            .client
-            .clone()
-            .txn(request)
-            .await
-            .map_err(|e| self.map_error(1, &e))?;
+        let resp = self.send_txn(request).await?;
         let revision = header_revision(resp.header())?;
         if resp.succeeded() {
             let changed = txn.ops.iter().any(|op| matches!(op, Op::Put { .. }))
@@ -489,6 +503,27 @@ fn is_transient(e: &etcd_client::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// True when the failure happened before the request was sent: the TCP connection to the
+/// member was refused.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return false;
+    };
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    status.message() == "tcp connect error"
 }
 
 fn backoff(options: &EtcdOptions, attempt: u32) -> Duration {

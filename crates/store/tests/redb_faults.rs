@@ -2,6 +2,13 @@
 //! failure is a clear error naming the file and what to do; nothing panics; nothing starts
 //! silently empty.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code: a panic is a failure report
+
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
@@ -94,9 +101,7 @@ async fn garbage_and_foreign_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.redb");
     std::fs::write(&garbage, vec![0xA5u8; 64 * 1024]).unwrap();
-    let err = RedbStore::open(&garbage, RedbOptions::default())
-        .err()
-        .expect("garbage must not open");
+    let err = RedbStore::open(&garbage, RedbOptions::default()).expect_err("garbage must not open");
     assert!(
         matches!(
             err,
@@ -117,9 +122,8 @@ async fn garbage_and_foreign_files_are_refused() {
         }
         w.commit().unwrap();
     }
-    let err = RedbStore::open(&foreign, RedbOptions::default())
-        .err()
-        .expect("foreign file must not open");
+    let err =
+        RedbStore::open(&foreign, RedbOptions::default()).expect_err("foreign file must not open");
     assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),

@@ -90,14 +90,8 @@ pub async fn compare_and_swap(store: &dyn Store) {
         store.get(&k).await.unwrap().is_some(),
         "a refused delete deletes nothing"
     );
-    assert_eq!(
-        store
-            .delete(&k, Expect::Revision(r2))
-            .await
-            .unwrap()
-            .is_some(),
-        true
-    );
+    let deleted = store.delete(&k, Expect::Revision(r2)).await.unwrap();
+    assert_eq!(deleted, Some(r2 + 1));
 }
 
 /// `tasks` concurrent tasks each increment one counter once with read + CAS + retry; the

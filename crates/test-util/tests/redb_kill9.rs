@@ -1,6 +1,13 @@
 //! kill -9 of a writing process, at random moments, over 50 cycles: no acknowledged write is
 //! lost and no transaction is ever half applied (redb backend).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code: a panic is a failure report
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -1,6 +1,13 @@
 //! The Store conformance suite against both backends: the embedded redb store and a real etcd
 //! member started by the test.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code: a panic is a failure report
+
 use std::sync::Arc;
 
 use ringfence_store::{EtcdOptions, EtcdStore, RedbOptions, RedbStore, Store};
