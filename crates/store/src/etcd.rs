@@ -103,10 +103,10 @@ impl EtcdStore {
                     // A connection is lazy: prove the cluster answers before returning.
                     match store.client.kv_client().get("/", None).await {
                         Ok(_) => return Ok(store),
-                        Err(e) => last = e.to_string(),
+                        Err(e) => last = describe(&e),
                     }
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => last = describe(&e),
             }
             tracing::warn!(attempt, attempts, error = %last, "etcd not reachable yet");
             if attempt < attempts {
@@ -128,7 +128,7 @@ impl EtcdStore {
             backend: "etcd",
             endpoints: self.endpoints.join(","),
             attempts,
-            reason: e.to_string(),
+            reason: describe(e),
         }
     }
 
@@ -185,7 +185,7 @@ impl EtcdStore {
         }
         StoreError::Backend {
             backend: "etcd",
-            reason: e.to_string(),
+            reason: describe(e),
         }
     }
 }
@@ -502,6 +502,25 @@ fn is_transient(e: &etcd_client::Error) -> bool {
             ) || s.message().contains("leader")
         }
         _ => false,
+    }
+}
+
+/// A one-line description of an etcd client error: the gRPC message and the innermost cause
+/// (for example `tcp connect error: Connection refused (os error 111)`), without the nested
+/// debug dumps of the transport layers.
+fn describe(e: &etcd_client::Error) -> String {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return e.to_string();
+    };
+    let mut root: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(next) = root.and_then(std::error::Error::source) {
+        root = Some(next);
+    }
+    match root {
+        Some(cause) if !status.message().is_empty() => format!("{}: {cause}", status.message()),
+        Some(cause) => cause.to_string(),
+        None if status.message().is_empty() => format!("{:?}", status.code()),
+        None => status.message().to_owned(),
     }
 }
 

@@ -1,0 +1,152 @@
+//! `ringfence`: the one binary. It parses arguments, loads configuration, sets up logging and
+//! the runtime, runs a subcommand, and maps failures to the documented exit codes. The work
+//! itself lives in the library crates.
+
+mod config;
+mod exit;
+mod store_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Settings;
+
+/// Ringfence: a zero-trust production platform. Workloads are trusted for what code they run
+/// and who they are, never for where they sit on the network.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringfence",
+    version,
+    propagate_version = true,
+    after_help = exit::EXIT_CODES_HELP
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand understands.
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Configuration file (TOML). Flags and environment variables override it.
+    #[arg(long, global = true, env = "RINGFENCE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory for local state (the embedded store lives here) [default: ./.ringfence]
+    #[arg(long, global = true, env = "RINGFENCE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where durable state lives: `redb` (embedded file in the data dir, the default),
+    /// `redb:///path/file.redb`, or `etcd://host:port[,host:port...]`
+    #[arg(long, global = true, env = "RINGFENCE_STORE", value_name = "URL")]
+    store: Option<String>,
+    /// Log line format on stderr
+    #[arg(long, global = true, value_enum, env = "RINGFENCE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// More log output (-v info, -vv debug, -vvv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Only errors on stderr
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines
+    Text,
+    /// One JSON object per line
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the version and build details
+    Version {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and edit durable state directly (for operators; bypasses every API check)
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.global) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    init_logging(&settings, &cli.global);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let result = runtime.block_on(run(cli.command, settings));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::code_for(&e))
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
+    match command {
+        Command::Version { json } => {
+            print_version(json)?;
+            Ok(exit::SUCCESS)
+        }
+        Command::Store(cmd) => store_cmd::run(cmd, &settings).await,
+    }
+}
+
+fn print_version(json: bool) -> anyhow::Result<()> {
+    let version = env!("CARGO_PKG_VERSION");
+    let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
+    if json {
+        let v = serde_json::json!({ "name": "ringfence", "version": version, "target": target });
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!("ringfence {version} ({target})");
+    }
+    Ok(())
+}
+
+fn init_logging(settings: &Settings, global: &GlobalArgs) {
+    let level = if global.quiet {
+        "error"
+    } else {
+        match global.verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match settings.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
