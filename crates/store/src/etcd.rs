@@ -203,6 +203,36 @@ impl Store for EtcdStore {
         resp.kvs().first().map(versioned).transpose()
     }
 
+    async fn put(&self, key: &Key, value: Vec<u8>, expect: Expect) -> Result<Revision, StoreError> {
+        if expect != Expect::Any {
+            let txn = Txn::new()
+                .compare(crate::model::Compare::new(key.clone(), expect))
+                .put(key.clone(), value);
+            return Ok(self.txn(txn).await?.revision);
+        }
+        // An unconditional put needs no transaction: one plain etcd put.
+        Txn::new()
+            .put(key.clone(), value.clone())
+            .check(&self.options.limits)?;
+        let attempts = self.options.attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            match self
+                .client
+                .clone()
+                .put(key.as_str(), value.clone(), None)
+                .await
+            {
+                Ok(resp) => return header_revision(resp.header()),
+                Err(e) if never_sent(&e) && attempt < attempts => {
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.map_error(attempt, &e)),
+            }
+        }
+    }
+
     async fn txn(&self, txn: Txn) -> Result<Committed, StoreError> {
         txn.check(&self.options.limits)?;
         let compares: Vec<EtcdCompare> = txn.compares.iter().map(to_etcd_compare).collect();

@@ -96,10 +96,16 @@ impl EtcdCluster {
 
     /// Starts `n` members as one cluster and waits until every member serves.
     pub async fn start(n: usize) -> Result<Self> {
+        Self::start_in(n, &std::env::temp_dir()).await
+    }
+
+    /// Like [`EtcdCluster::start`], with the members' data under `base` (benchmarks put it on
+    /// the disk they measure).
+    pub async fn start_in(n: usize, base: &Path) -> Result<Self> {
         let mut last = None;
         // A port picked as free can be taken before etcd binds it; retry on a fresh set.
         for _ in 0..3 {
-            match Self::try_start(n).await {
+            match Self::try_start(n, base).await {
                 Ok(c) => return Ok(c),
                 Err(e) => last = Some(e),
             }
@@ -107,11 +113,11 @@ impl EtcdCluster {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
     }
 
-    async fn try_start(n: usize) -> Result<Self> {
+    async fn try_start(n: usize, base: &Path) -> Result<Self> {
         let binary = etcd_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("ringfence-etcd-")
-            .tempdir()?;
+            .tempdir_in(base)?;
         let mut members = Vec::new();
         for i in 0..n {
             members.push(Member {

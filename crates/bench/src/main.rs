@@ -1,0 +1,46 @@
+//! `ringfence-bench`: benchmarks that run side by side with their reference in one run and
+//! report ratios, so a figure never stands alone.
+//!
+//! `cargo run --release -p ringfence-bench -- store` prints a table and, last, one JSON line.
+
+mod stats;
+mod store;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Ringfence benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "ringfence-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Durable commits/s and latency of the Store: redb and etcd backends side by side, with
+    /// the raw etcd put rate measured by the same harness
+    Store {
+        /// Seconds each scenario runs
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Directory on the disk to measure (its fsync is what is measured; avoid tmpfs)
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.bench {
+        Bench::Store { seconds, dir } => {
+            runtime.block_on(store::run(Duration::from_secs_f64(seconds), &dir))
+        }
+    }
+}
