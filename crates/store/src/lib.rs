@@ -31,7 +31,7 @@ pub use model::{
     Committed, Compare, EventKind, Expect, Limits, Op, Page, PageRequest, Revision, Txn, Versioned,
     WatchEvent,
 };
-pub use redb_backend::{RedbOptions, RedbStore};
+pub use redb_backend::{CommitStats, RedbOptions, RedbStore};
 pub use url::{StoreUrl, open_store};
 
 /// A stream of watch events; ends only with an error (or when dropped).

@@ -74,6 +74,15 @@ impl Default for RedbOptions {
     }
 }
 
+/// Group-commit counters of a [`RedbStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Durable commits.
+    pub commits: u64,
+    /// Write requests they answered.
+    pub requests: u64,
+}
+
 /// The embedded Store backend. Cheap to clone; clones share one file and one writer.
 #[derive(Debug, Clone)]
 pub struct RedbStore {
@@ -93,6 +102,10 @@ pub(crate) struct Shared {
     path: PathBuf,
     /// The revision of the last durable commit.
     revision: AtomicU64,
+    /// Durable commits (fsynced batches) so far.
+    commits: AtomicU64,
+    /// Write requests answered by those commits.
+    committed_requests: AtomicU64,
     /// Committed events, published after each durable batch, for watchers.
     events: broadcast::Sender<Arc<[WatchEvent]>>,
     limits: Limits,
@@ -138,6 +151,8 @@ impl RedbStore {
             db,
             path: path.to_owned(),
             revision: AtomicU64::new(revision),
+            commits: AtomicU64::new(0),
+            committed_requests: AtomicU64::new(0),
             events,
             limits: options.limits,
         });
@@ -158,6 +173,16 @@ impl RedbStore {
                 shared,
             }),
         })
+    }
+
+    /// How many durable commits (each one fsynced write transaction) served how many write
+    /// requests since this store was opened: the group-commit factor is their ratio.
+    pub fn commit_stats(&self) -> CommitStats {
+        let shared = self.shared();
+        CommitStats {
+            commits: shared.commits.load(Ordering::Relaxed),
+            requests: shared.committed_requests.load(Ordering::Relaxed),
+        }
     }
 
     /// The file this store lives in.
@@ -499,6 +524,11 @@ fn run_writer(shared: &Shared, mut rx: mpsc::Receiver<WriteRequest>, options: &R
             Ok((outcomes, events, new_revision)) => {
                 revision = new_revision;
                 shared.revision.store(revision, Ordering::SeqCst);
+                shared.commits.fetch_add(1, Ordering::Relaxed);
+                let answered = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+                shared
+                    .committed_requests
+                    .fetch_add(answered, Ordering::Relaxed);
                 if !events.is_empty() {
                     // No receivers is fine: nobody is watching.
                     let _ = shared.events.send(events.into());

@@ -268,3 +268,35 @@ async fn watching_compacted_history_says_what_to_do() {
     let mut recent = store.watch(&Prefix::all(), now - 5).await.unwrap();
     assert_eq!(recent.next().await.unwrap().unwrap().revision, now - 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        std::sync::Arc::new(RedbStore::open_in(dir.path(), RedbOptions::default()).unwrap());
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let store = std::sync::Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                store
+                    .put(&key(&format!("/g/{t}/{i}")), vec![1; 64], Expect::Absent)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = store.commit_stats();
+    assert_eq!(stats.requests, 64 * 20);
+    eprintln!(
+        "{} writes in {} durable commits",
+        stats.requests, stats.commits
+    );
+    assert!(
+        stats.commits * 4 <= stats.requests,
+        "64 concurrent writers should share fsyncs: {stats:?}"
+    );
+}

@@ -192,3 +192,47 @@ fn serde_refuses_invalid_ids() {
     assert!(err.to_string().contains("trailing slash"), "{err}");
     assert_eq!(serde_json::to_string(&ok).unwrap(), "\"spiffe://td/a\"");
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any string at all: parsing never panics, and what parses prints back byte for byte
+        /// (no normalization, so no two spellings of one id).
+        #[test]
+        fn parse_never_panics_and_round_trips(input in ".{0,300}") {
+            if let Ok(id) = SpiffeId::parse(&input) {
+                prop_assert_eq!(id.as_str(), input.as_str());
+                prop_assert_eq!(id.trust_domain_str().to_owned() + id.path(), input[9..].to_owned());
+            }
+        }
+
+        /// Ids built from the allowed alphabets always parse, with the parts they were built from.
+        #[test]
+        fn well_formed_ids_parse(
+            td in "[a-z0-9._-]{1,40}",
+            segments in proptest::collection::vec("[A-Za-z0-9._-]{1,20}", 0..6),
+        ) {
+            prop_assume!(segments.iter().all(|s| s != "." && s != ".."));
+            let path: String = segments.iter().map(|s| format!("/{s}")).collect();
+            let id = SpiffeId::parse(&format!("spiffe://{td}{path}")).unwrap();
+            prop_assert_eq!(id.trust_domain_str(), td.as_str());
+            prop_assert_eq!(id.path(), path.as_str());
+            prop_assert_eq!(id.segments().count(), segments.len());
+        }
+
+        /// Inserting one byte outside the alphabet anywhere in a valid id makes it invalid.
+        #[test]
+        fn one_foreign_byte_is_refused(
+            at in 9usize..30,
+            bad in prop::sample::select(vec!['%', '?', '#', ' ', '\0', '\\', '@', ':', 'é', '\u{202e}']),
+        ) {
+            let valid = "spiffe://example.org/ns/prod/svc/web";
+            let mut s = valid.to_owned();
+            s.insert(at.min(valid.len()), bad);
+            prop_assert!(SpiffeId::parse(&s).is_err(), "{:?} parsed", s);
+        }
+    }
+}
