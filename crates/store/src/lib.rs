@@ -79,7 +79,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// "changes after now"). Events arrive in revision order; the events of one transaction
     /// share its revision. Resume after a disconnect with `from = last seen revision + 1`.
     ///
-    /// A `from` older than the retained history fails with [`StoreError::Compacted`].
+    /// When `from` is older than the retained history, the stream's first item is
+    /// [`StoreError::Compacted`].
     async fn watch(&self, prefix: &Prefix, from: Revision) -> Result<WatchStream, StoreError>;
 
     /// The current revision of the whole store.
