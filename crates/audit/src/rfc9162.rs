@@ -92,7 +92,11 @@ pub fn range_nodes(start: u64, end: u64) -> Vec<(u32, u64)> {
 /// Folds the hashes of a range's perfect subtrees (largest first) into the range's hash.
 pub fn fold_range(nodes: &[Hash]) -> Option<Hash> {
     let (last, rest) = nodes.split_last()?;
-    Some(rest.iter().rev().fold(*last, |acc, left| node_hash(left, &acc)))
+    Some(
+        rest.iter()
+            .rev()
+            .fold(*last, |acc, left| node_hash(left, &acc)),
+    )
 }
 
 /// The ranges whose hashes form the inclusion proof of leaf `index` in a tree of `size`
@@ -350,7 +354,11 @@ impl Frontier {
         }
         Some(Self {
             size,
-            nodes: plan.iter().map(|(l, _)| *l).zip(hashes.iter().copied()).collect(),
+            nodes: plan
+                .iter()
+                .map(|(l, _)| *l)
+                .zip(hashes.iter().copied())
+                .collect(),
         })
     }
 
