@@ -6,5 +6,6 @@
 //! checkpoint and the log's public key, and witnesses countersign checkpoints they have
 //! checked to be consistent with everything they saw before (C2SP `tlog-cosignature`).
 
+pub mod checkpoint;
 pub mod note;
 pub mod rfc9162;
