@@ -7,5 +7,16 @@
 //! checked to be consistent with everything they saw before (C2SP `tlog-cosignature`).
 
 pub mod checkpoint;
+pub mod event;
+mod log;
 pub mod note;
 pub mod rfc9162;
+mod sink;
+mod verify;
+pub mod witness;
+
+pub use event::{Decision, Event, EventError};
+pub use log::{AuditError, AuditLog, Head, LogOptions, Published};
+pub use sink::{AuditSink, Spool};
+pub use verify::{VerifyError, VerifyReport, verify_log};
+pub use witness::{Witness, WitnessError, WitnessState};
