@@ -18,10 +18,12 @@ use crate::rfc9162::{self, Frontier, Hash};
 /// Why a log failed verification; every variant says where.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    /// An entry is damaged or does not match its stored hashes.
-    #[error("entry {index}: {problem}")]
+    /// An entry, or a run of entries, is damaged or does not match its stored hashes.
+    #[error("{}: {problem}", where_(*first, *index))]
     Entry {
-        /// Where.
+        /// First entry of the damaged run.
+        first: u64,
+        /// Last entry of the damaged run.
         index: u64,
         /// What.
         problem: String,
@@ -181,6 +183,7 @@ pub async fn verify_log(
             let found = layout
                 .index_of(&item.key)
                 .ok_or_else(|| VerifyError::Entry {
+                    first: index,
                     index,
                     problem: format!("unexpected key {} among the entries", item.key),
                 })?;
@@ -188,18 +191,31 @@ pub async fn verify_log(
                 return Err(VerifyError::Missing { index, size });
             }
             let (stored, bytes) = decode_record(&item.value).ok_or_else(|| VerifyError::Entry {
+                first: index,
                 index,
                 problem: "the record is malformed".into(),
             })?;
             Event::decode(bytes).map_err(|e| VerifyError::Entry {
+                first: index,
                 index,
                 problem: e.to_string(),
             })?;
             let completed = frontier.push(rfc9162::leaf_hash(bytes));
-            if completed != stored {
+            if let Some(level) = first_difference(&completed, &stored) {
+                // The lowest node that disagrees names the smallest run of entries that
+                // contains the damage.
+                let first = (index + 1).saturating_sub(1u64 << level.min(63));
+                let problem = if level == 0 {
+                    "its contents do not match its stored leaf hash (the entry or its hash was altered)".to_owned()
+                } else {
+                    format!(
+                        "they do not hash to the stored tree node over them (level {level}): entries were altered, reordered or replaced"
+                    )
+                };
                 return Err(VerifyError::Entry {
+                    first,
                     index,
-                    problem: "its stored tree hashes do not match its contents (the entry or its hashes were altered)".into(),
+                    problem,
                 });
             }
             check_claims(&claims, &frontier)?;
@@ -226,6 +242,14 @@ pub async fn verify_log(
     })
 }
 
+fn where_(first: u64, last: u64) -> String {
+    if first == last {
+        format!("entry {last}")
+    } else {
+        format!("entries {first} to {last}")
+    }
+}
+
 fn open_checkpoint(
     bytes: &[u8],
     verifier: &Verifier,
@@ -238,6 +262,14 @@ fn open_checkpoint(
             what: what.to_owned(),
             problem: e.to_string(),
         })
+}
+
+/// The level of the first node hash that differs, if any.
+fn first_difference(computed: &[Hash], stored: &[Hash]) -> Option<usize> {
+    let common = computed.len().min(stored.len());
+    (0..common)
+        .find(|&i| computed.get(i) != stored.get(i))
+        .or_else(|| (computed.len() != stored.len()).then_some(common))
 }
 
 fn check_claims(
