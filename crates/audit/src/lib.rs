@@ -10,13 +10,14 @@ pub mod checkpoint;
 pub mod event;
 mod log;
 pub mod note;
+pub mod proof;
 pub mod rfc9162;
 mod sink;
 mod verify;
 pub mod witness;
 
 pub use event::{Decision, Event, EventError};
-pub use log::{AuditError, AuditLog, Head, LogOptions, Published};
+pub use log::{AuditError, AuditLog, Head, LogOptions, LogReader, Published};
 pub use sink::{AuditSink, Spool};
 pub use verify::{VerifyError, VerifyReport, verify_log};
 pub use witness::{Witness, WitnessError, WitnessState};

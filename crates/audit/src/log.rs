@@ -256,6 +256,13 @@ impl AuditLog {
         signer: Signer,
         options: LogOptions,
     ) -> Result<Self, AuditError> {
+        if signer.name() != options.origin {
+            return Err(AuditError::Mismatch(format!(
+                "the log key is named {:?} but the log's origin is {:?}: a log key carries the origin's name",
+                signer.name(),
+                options.origin
+            )));
+        }
         let layout = Layout::new(&options.prefix);
         let meta = format!("{}\n{}\n", options.origin, signer.verifier());
         match store.get(&layout.meta()?).await? {
@@ -432,22 +439,122 @@ impl AuditLog {
         })
     }
 
+    /// A reader of the log as of its current head.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            store: Arc::clone(&self.inner.store),
+            layout: self.inner.layout.clone(),
+            size: self.head().size,
+        }
+    }
+
     /// The canonical bytes of entry `index`.
     pub async fn entry(&self, index: u64) -> Result<Vec<u8>, AuditError> {
-        if index >= self.head().size {
-            return Err(ProofError::OutOfRange(format!(
-                "entry {index} does not exist (the log has {} entries)",
-                self.head().size
-            ))
-            .into());
-        }
-        let (_, bytes) = read_record(self.inner.store.as_ref(), &self.inner.layout, index).await?;
+        self.reader().entry(index).await
+    }
+
+    /// The root of the tree of the first `size` entries.
+    pub async fn root_at(&self, size: u64) -> Result<Hash, AuditError> {
+        self.reader().root_at(size).await
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size` entries.
+    pub async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, AuditError> {
+        self.reader().inclusion_proof(index, size).await
+    }
+
+    /// The consistency proof from the tree of `from` entries to the tree of `to` entries.
+    pub async fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, AuditError> {
+        self.reader().consistency_proof(from, to).await
+    }
+}
+
+/// Read access to a stored log, as of one head, without its signing key: entries, roots and
+/// proofs. Anyone with read access to the Store can serve proofs.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    store: Arc<dyn Store>,
+    layout: Layout,
+    size: u64,
+}
+
+impl LogReader {
+    /// Reads the head of the log under `prefix`.
+    pub async fn open(store: Arc<dyn Store>, prefix: &str) -> Result<Self, AuditError> {
+        let layout = Layout::new(prefix);
+        let size = match store.get(&layout.head()?).await? {
+            Some(h) => {
+                decode_head(&h.value)
+                    .ok_or_else(|| AuditError::Corrupt("the head record is malformed".into()))?
+                    .0
+            }
+            None => 0,
+        };
+        Ok(Self {
+            store,
+            layout,
+            size,
+        })
+    }
+
+    /// Entries in the log as of this reader.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The latest published checkpoint, as stored (unverified).
+    pub async fn latest_checkpoint(&self) -> Result<Option<Vec<u8>>, AuditError> {
+        Ok(self
+            .store
+            .get(&self.layout.checkpoint_latest()?)
+            .await?
+            .map(|v| v.value))
+    }
+
+    /// The canonical bytes of entry `index`.
+    pub async fn entry(&self, index: u64) -> Result<Vec<u8>, AuditError> {
+        self.check_size(index.saturating_add(1))?;
+        let (_, bytes) = read_record(self.store.as_ref(), &self.layout, index).await?;
         Ok(bytes)
     }
 
-    /// The hash of node `(level, index)`.
+    /// Up to `limit` entries from `start`, in order.
+    pub async fn entries(
+        &self,
+        start: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+        let mut out = Vec::new();
+        if start >= self.size {
+            return Ok(out);
+        }
+        let after = start
+            .checked_sub(1)
+            .map(|i| self.layout.entry(i))
+            .transpose()?;
+        let page = self
+            .store
+            .range(
+                &self.layout.entries()?,
+                ringfence_store::PageRequest { after, limit },
+            )
+            .await?;
+        for item in page.items {
+            let Some(index) = self.layout.index_of(&item.key) else {
+                continue;
+            };
+            if index >= self.size {
+                break;
+            }
+            let (_, bytes) = decode_record(&item.value)
+                .ok_or_else(|| AuditError::Corrupt(format!("entry {index} is malformed")))?;
+            out.push((index, bytes.to_vec()));
+        }
+        Ok(out)
+    }
+
     async fn node(&self, level: u32, index: u64) -> Result<Hash, AuditError> {
-        node_hash_at(self.inner.store.as_ref(), &self.inner.layout, level, index).await
+        node_hash_at(self.store.as_ref(), &self.layout, level, index).await
     }
 
     async fn range_hash(&self, start: u64, end: u64) -> Result<Hash, AuditError> {
@@ -469,6 +576,7 @@ impl AuditLog {
 
     /// The leaf hash of entry `index`.
     pub async fn leaf_hash(&self, index: u64) -> Result<Hash, AuditError> {
+        self.check_size(index.saturating_add(1))?;
         self.node(0, index).await
     }
 
@@ -493,10 +601,10 @@ impl AuditLog {
     }
 
     fn check_size(&self, size: u64) -> Result<(), AuditError> {
-        let head = self.head().size;
-        if size > head {
+        if size > self.size {
             return Err(ProofError::OutOfRange(format!(
-                "size {size} is beyond the log's {head} entries"
+                "size {size} is beyond the log's {} entries",
+                self.size
             ))
             .into());
         }
