@@ -36,14 +36,12 @@ Exit codes:
 pub fn code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
         if let Some(e) = cause.downcast_ref::<StoreError>() {
+            return store_code(e);
+        }
+        if let Some(e) = cause.downcast_ref::<ringfence_audit::AuditError>() {
             return match e {
-                StoreError::Conflict { .. } => CONFLICT,
-                StoreError::Unavailable { .. } => UNAVAILABLE,
-                StoreError::Corrupt { .. }
-                | StoreError::NotAStore { .. }
-                | StoreError::Locked { .. } => DATA,
-                StoreError::InvalidUrl { .. } => CONFIG,
-                StoreError::InvalidKey { .. } => USAGE,
+                ringfence_audit::AuditError::Store(s) => store_code(s),
+                ringfence_audit::AuditError::Corrupt(_) => DATA,
                 _ => FAILURE,
             };
         }
@@ -52,6 +50,19 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
     }
     FAILURE
+}
+
+fn store_code(e: &StoreError) -> u8 {
+    match e {
+        StoreError::Conflict { .. } => CONFLICT,
+        StoreError::Unavailable { .. } => UNAVAILABLE,
+        StoreError::Corrupt { .. } | StoreError::NotAStore { .. } | StoreError::Locked { .. } => {
+            DATA
+        }
+        StoreError::InvalidUrl { .. } => CONFIG,
+        StoreError::InvalidKey { .. } => USAGE,
+        _ => FAILURE,
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! the runtime, runs a subcommand, and maps failures to the documented exit codes. The work
 //! itself lives in the library crates.
 
+mod audit_cmd;
 mod config;
 mod exit;
 mod store_cmd;
@@ -71,6 +72,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The tamper-evident audit log: append, read, verify, prove, witness
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
     /// Inspect and edit durable state directly (for operators; bypasses every API check)
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
@@ -113,6 +117,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
             Ok(exit::SUCCESS)
         }
         Command::Store(cmd) => store_cmd::run(cmd, &settings).await,
+        Command::Audit(cmd) => audit_cmd::run(cmd, &settings).await,
     }
 }
 
