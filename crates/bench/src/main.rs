@@ -3,6 +3,7 @@
 //!
 //! `cargo run --release -p ringfence-bench -- store` prints a table and, last, one JSON line.
 
+mod audit;
 mod stats;
 mod store;
 
@@ -31,6 +32,16 @@ enum Bench {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Durable appends/s into the audit log, time to checkpoint, proof generation and
+    /// verification at full size, with the raw Store put rate in the same run
+    Audit {
+        /// Entries to append
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+        /// Directory on the disk to measure (avoid tmpfs)
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +53,6 @@ fn main() -> anyhow::Result<()> {
         Bench::Store { seconds, dir } => {
             runtime.block_on(store::run(Duration::from_secs_f64(seconds), &dir))
         }
+        Bench::Audit { entries, dir } => runtime.block_on(audit::run(entries, &dir)),
     }
 }

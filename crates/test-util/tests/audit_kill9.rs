@@ -98,7 +98,10 @@ async fn kill9_during_appends_keeps_every_acknowledged_entry_and_every_checkpoin
         drop(log);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Arc::strong_count(&store) > 1 {
-            assert!(Instant::now() < deadline, "the audit log did not release the store");
+            assert!(
+                Instant::now() < deadline,
+                "the audit log did not release the store"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
