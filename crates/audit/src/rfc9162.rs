@@ -243,6 +243,13 @@ pub fn verify_consistency(
             "size {size2} is smaller than size {size1}: a log never shrinks"
         )));
     }
+    if size1 == 0 {
+        // Every tree extends the empty tree: such a "proof" proves nothing, and accepting
+        // one would let a caller skip the check it meant to make.
+        return Err(ProofError::OutOfRange(
+            "a consistency proof from the empty tree proves nothing".into(),
+        ));
+    }
     if size1 == size2 {
         if !proof.is_empty() {
             return Err(ProofError::WrongLength {
@@ -251,15 +258,6 @@ pub fn verify_consistency(
             });
         }
         return check_root(root2, root1);
-    }
-    if size1 == 0 {
-        if !proof.is_empty() {
-            return Err(ProofError::WrongLength {
-                got: proof.len(),
-                want: 0,
-            });
-        }
-        return Ok(());
     }
     if proof.is_empty() || proof.len() > MAX_PROOF_LEN {
         return Err(ProofError::WrongLength {
