@@ -225,7 +225,8 @@ fn inclusion_len(index: u64, size: u64) -> usize {
     // Levels below the point where the paths to `index` and to the last leaf meet, plus the
     // right border above it.
     let inner = 64 - (index ^ (size - 1)).leading_zeros();
-    let border = (index >> inner).count_ones();
+    // `inner` is 64 when the top bits differ; a shift by 64 would overflow.
+    let border = index.checked_shr(inner).unwrap_or(0).count_ones();
     (inner + border) as usize
 }
 
