@@ -56,7 +56,12 @@ fn out_of_range_requests_are_errors() {
 fn huge_indices_and_sizes_are_errors_not_panics() {
     // Found by the `proof` fuzz target: index and size - 1 differing in the top bit.
     let h = leaf_hash(b"x");
-    for (index, size) in [(1 << 63, u64::MAX), (0, u64::MAX), (u64::MAX - 1, u64::MAX), (1, 1 << 63)] {
+    for (index, size) in [
+        (1 << 63, u64::MAX),
+        (0, u64::MAX),
+        (u64::MAX - 1, u64::MAX),
+        (1, 1 << 63),
+    ] {
         assert!(verify_inclusion(index, size, &h, &[h; 3], &h).is_err());
         assert!(verify_consistency(index.max(1), size, &[h; 3], &h, &h).is_err());
     }
