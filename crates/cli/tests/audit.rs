@@ -327,3 +327,72 @@ fn missing_keys_and_loose_permissions_are_explained() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_follow_prints_entries_appended_by_another_process_on_etcd() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let cluster = ringfence_test_util::etcd::EtcdCluster::single()
+        .await
+        .unwrap();
+    let url = cluster.store_url();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let with_store = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["--store".to_owned(), url.clone()];
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        all
+    };
+    let run = |args: Vec<String>| {
+        let d = d.clone();
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            ok(&d, &refs)
+        })
+    };
+    run(with_store(&[
+        "audit",
+        "init",
+        "--origin",
+        "example.com/audit",
+    ]))
+    .await
+    .unwrap();
+    run(with_store(&[
+        "audit", "append", "--action", "a.b", "--target", "before",
+    ]))
+    .await
+    .unwrap();
+
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .current_dir(&d)
+        .args(with_store(&["audit", "tail", "-f", "-n", "5"]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let first = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    assert!(first.contains("before"), "{first}");
+    run(with_store(&[
+        "audit", "append", "--action", "a.b", "--target", "after",
+    ]))
+    .await
+    .unwrap();
+    let next = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    assert!(
+        next.contains("after") && next.trim_start().starts_with('1'),
+        "{next}"
+    );
+    follower.kill().unwrap(); // by PID
+    follower.wait().unwrap();
+}
