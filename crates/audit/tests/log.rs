@@ -134,7 +134,7 @@ async fn the_publisher_covers_new_entries_within_the_interval() {
     let log = AuditLog::open(
         Arc::clone(&f.store),
         Signer::parse(&f.key).unwrap(),
-        options(400),
+        options(1000),
     )
     .await
     .unwrap();
@@ -158,7 +158,7 @@ async fn the_publisher_covers_new_entries_within_the_interval() {
         }
         let waited = appended.elapsed();
         assert!(
-            waited <= Duration::from_millis(450),
+            waited <= Duration::from_millis(1000),
             "round {round}: checkpoint came after {waited:?}"
         );
     }
