@@ -1,0 +1,12 @@
+//! Workload identity: a SPIFFE certificate authority that issues X.509-SVIDs only for CSRs
+//! that pass strict checks and only under an issuance authorization from the control plane
+//! (admission gates identity, SPEC A3).
+//!
+//! This is the pure core of the identity work: CA, SVID profile, CSR checks, authorization.
+//! Rotation, JWT-SVIDs, the Workload API server and audit wiring build on it.
+
+mod ca;
+mod csr;
+
+pub use ca::{Ca, DEFAULT_SVID_TTL, IssuanceAuthority, IssuanceAuthorization, IssueError, Svid};
+pub use csr::{CsrError, MAX_CSR_LEN, VerifiedCsr, parse_csr};
