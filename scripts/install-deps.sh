@@ -3,6 +3,8 @@
 #   protobuf-compiler  protoc, for the gRPC code generated at build time (etcd client)
 #   etcd-server        real etcd members started by the tests and the benchmark
 #   openssl            the reference X.509 tool the identity tests check certificates with
+# and, from PyPI, py-spiffe (`spiffe`), the Python SPIFFE Workload API client the identity
+# tests talk to.
 set -euo pipefail
 
 need=()
@@ -10,11 +12,15 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 { command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ]; } || need+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
-if [ "${#need[@]}" -eq 0 ]; then
-  exit 0
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "installing Debian packages: ${need[*]}" >&2
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-echo "installing Debian packages: ${need[*]}" >&2
-sudo=()
-[ "$(id -u)" -eq 0 ] || sudo=(sudo)
-"${sudo[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+
+if ! python3 -c 'import spiffe' >/dev/null 2>&1; then
+  echo "installing py-spiffe from PyPI" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'spiffe==0.3.2'
+fi

@@ -5,6 +5,7 @@
 mod audit_cmd;
 mod config;
 mod exit;
+mod identity_cmd;
 mod store_cmd;
 
 use std::path::PathBuf;
@@ -75,6 +76,9 @@ enum Command {
     /// The tamper-evident audit log: append, read, verify, prove, witness
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Workload identity: the SPIFFE CA and the Workload API
+    #[command(subcommand)]
+    Identity(identity_cmd::IdentityCommand),
     /// Inspect and edit durable state directly (for operators; bypasses every API check)
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
@@ -118,6 +122,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
         }
         Command::Store(cmd) => store_cmd::run(cmd, &settings).await,
         Command::Audit(cmd) => audit_cmd::run(cmd, &settings).await,
+        Command::Identity(cmd) => identity_cmd::run(cmd, &settings).await,
     }
 }
 

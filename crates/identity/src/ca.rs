@@ -147,6 +147,57 @@ impl Ca {
         })
     }
 
+    /// Writes the CA key (PKCS#8 PEM, mode 0600) and certificate (PEM) into `dir`.
+    pub fn save(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::create_dir_all(dir)?;
+        let mut key = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join("ca.key"))?;
+        key.write_all(self.issuer.key().serialize_pem().as_bytes())?;
+        key.sync_all()?;
+        std::fs::write(dir.join("ca.pem"), pem_certificate(&self.cert_der))?;
+        Ok(())
+    }
+
+    /// Loads a CA saved with [`Ca::save`]; refuses a key file readable by others.
+    pub fn load(dir: &std::path::Path, trust_domain: TrustDomain) -> Result<Self, IssueError> {
+        use std::os::unix::fs::PermissionsExt;
+        let key_path = dir.join("ca.key");
+        let io = |e: std::io::Error, what: &std::path::Path| {
+            IssueError::Signing(format!("{}: {e}", what.display()))
+        };
+        let mode = std::fs::metadata(&key_path)
+            .map_err(|e| io(e, &key_path))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(IssueError::Signing(format!(
+                "{} is readable by other users (mode {:o}): run `chmod 600` on it",
+                key_path.display(),
+                mode & 0o777
+            )));
+        }
+        let key_pem = std::fs::read_to_string(&key_path).map_err(|e| io(e, &key_path))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| IssueError::Signing(e.to_string()))?;
+        let cert_path = dir.join("ca.pem");
+        let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| io(e, &cert_path))?;
+        let parsed = pem::parse(cert_pem.as_bytes())
+            .map_err(|e| IssueError::Signing(format!("{}: {e}", cert_path.display())))?;
+        let cert_der = rustls_pki_types::CertificateDer::from(parsed.contents().to_vec());
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
+            .map_err(|e| IssueError::Signing(e.to_string()))?;
+        Ok(Self {
+            trust_domain,
+            issuer,
+            cert_der: cert_der.to_vec(),
+            ttl: DEFAULT_SVID_TTL,
+        })
+    }
+
     /// Sets the SVID lifetime.
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -231,6 +282,11 @@ impl Ca {
             serial: serial_hex,
         })
     }
+}
+
+/// A DER certificate as PEM.
+pub fn pem_certificate(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
 }
 
 fn uri_san(uri: &str) -> Result<SanType, IssueError> {

@@ -7,6 +7,10 @@
 
 mod ca;
 mod csr;
+pub mod workload_api;
 
-pub use ca::{Ca, DEFAULT_SVID_TTL, IssuanceAuthority, IssuanceAuthorization, IssueError, Svid};
+pub use ca::{
+    Ca, DEFAULT_SVID_TTL, IssuanceAuthority, IssuanceAuthorization, IssueError, Svid,
+    pem_certificate,
+};
 pub use csr::{CsrError, MAX_CSR_LEN, VerifiedCsr, parse_csr};

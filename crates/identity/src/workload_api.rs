@@ -1,0 +1,254 @@
+//! The SPIFFE Workload API server (the official `workload.proto`, gRPC over a unix socket),
+//! and the rotator that keeps one workload's X.509-SVID fresh.
+//!
+//! Every call must carry the `workload.spiffe.io: true` metadata header, as the Workload API
+//! specification requires; calls without it are refused with `InvalidArgument`. The X.509
+//! SVID stream sends the current SVID at once and again after every rotation; the rotator
+//! renews at half-life (the key is generated here, next to the workload, and only a CSR goes
+//! to the CA).
+//!
+//! JWT-SVIDs are not served yet: the JWT methods answer `Unimplemented` with a message that
+//! says so.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use rcgen::{CertificateParams, KeyPair, SanType};
+use ringfence_core::{Clock, MachineId, SpiffeId, TrustDomain};
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{UnixListenerStream, WatchStream};
+use tonic::{Request, Response, Status};
+
+use crate::ca::{Ca, IssuanceAuthority, IssueError};
+
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod pb {
+    // Generated from proto/workload.proto by build.rs.
+    tonic::include_proto!("_");
+}
+
+use pb::spiffe_workload_api_server::SpiffeWorkloadApi;
+pub use pb::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+
+/// The header every Workload API call must carry.
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+/// One workload's current credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct X509Material {
+    /// The SVID's identity.
+    pub spiffe_id: SpiffeId,
+    /// The SVID certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// Its private key, PKCS#8 DER.
+    pub key_pkcs8_der: Vec<u8>,
+    /// The trust bundle: CA certificates, concatenated DER.
+    pub bundle_der: Vec<u8>,
+    /// The trust domain of the bundle.
+    pub trust_domain: TrustDomain,
+}
+
+/// The Workload API service for one workload.
+#[derive(Debug, Clone)]
+pub struct WorkloadApi {
+    x509: watch::Receiver<Option<X509Material>>,
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl WorkloadApi {
+    /// A service that serves whatever `x509` holds.
+    pub fn new(x509: watch::Receiver<Option<X509Material>>) -> Self {
+        Self { x509 }
+    }
+
+    /// Serves on the unix socket at `path` until `shutdown` resolves. A stale socket file is
+    /// replaced; the socket is created with mode 0600 (the agent hands it to the task's uid).
+    pub async fn serve(
+        self,
+        path: &Path,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = tokio::net::UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let service = SpiffeWorkloadApiServer::with_interceptor(self, check_security_header);
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
+    fn updates(&self) -> impl Stream<Item = X509Material> + Send + 'static {
+        WatchStream::new(self.x509.clone()).filter_map(|m| m)
+    }
+}
+
+fn check_security_header(req: Request<()>) -> Result<Request<()>, Status> {
+    match req
+        .metadata()
+        .get(SECURITY_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("true") => Ok(req),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request",
+        )),
+    }
+}
+
+fn svid_response(m: &X509Material) -> pb::X509svidResponse {
+    pb::X509svidResponse {
+        svids: vec![pb::X509svid {
+            spiffe_id: m.spiffe_id.to_string(),
+            x509_svid: m.cert_der.clone(),
+            x509_svid_key: m.key_pkcs8_der.clone(),
+            bundle: m.bundle_der.clone(),
+            hint: String::new(),
+        }],
+        crl: vec![],
+        federated_bundles: HashMap::new(),
+    }
+}
+
+fn bundles_response(m: &X509Material) -> pb::X509BundlesResponse {
+    pb::X509BundlesResponse {
+        crl: vec![],
+        bundles: HashMap::from([(m.trust_domain.to_string(), m.bundle_der.clone())]),
+    }
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = ResponseStream<pb::X509svidResponse>;
+    type FetchX509BundlesStream = ResponseStream<pb::X509BundlesResponse>;
+    type FetchJWTBundlesStream = ResponseStream<pb::JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        _req: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let stream = self.updates().map(|m| Ok(svid_response(&m)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        _req: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let stream = self.updates().map(|m| Ok(bundles_response(&m)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        _req: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        Err(Status::unimplemented(
+            "JWT-SVIDs are not served by this Ringfence version yet",
+        ))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        _req: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        Err(Status::unimplemented(
+            "JWT-SVIDs are not served by this Ringfence version yet",
+        ))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        _req: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        Err(Status::unimplemented(
+            "JWT-SVIDs are not served by this Ringfence version yet",
+        ))
+    }
+}
+
+/// Obtains one workload's SVID from the CA (key generated here, CSR sent) and renews it at
+/// half-life, publishing every new SVID to `out`. A failed renewal is retried every few
+/// seconds while the old SVID stays in use until it expires.
+pub async fn run_rotator(
+    ca: Arc<Ca>,
+    authority: Arc<dyn IssuanceAuthority>,
+    machine: MachineId,
+    spiffe_id: SpiffeId,
+    clock: Arc<dyn Clock>,
+    out: watch::Sender<Option<X509Material>>,
+) {
+    loop {
+        let wait = match obtain(
+            &ca,
+            authority.as_ref(),
+            &machine,
+            &spiffe_id,
+            clock.as_ref(),
+        ) {
+            Ok((material, lifetime)) => {
+                out.send_replace(Some(material));
+                lifetime / 2
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %spiffe_id, "SVID renewal failed; retrying");
+                Duration::from_secs(2)
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = out.closed() => return,
+        }
+    }
+}
+
+/// One issuance: a fresh key, a CSR, an SVID.
+pub fn obtain(
+    ca: &Ca,
+    authority: &dyn IssuanceAuthority,
+    machine: &MachineId,
+    spiffe_id: &SpiffeId,
+    clock: &dyn Clock,
+) -> Result<(X509Material, Duration), IssueError> {
+    let key = KeyPair::generate().map_err(|e| IssueError::Signing(e.to_string()))?;
+    let mut params = CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| IssueError::Signing(e.to_string()))?;
+    params.subject_alt_names =
+        vec![SanType::URI(spiffe_id.as_str().try_into().map_err(
+            |e: rcgen::Error| IssueError::Signing(e.to_string()),
+        )?)];
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| IssueError::Signing(e.to_string()))?;
+    let now = clock.now();
+    let svid = ca.issue(csr.der(), machine, authority, now)?;
+    Ok((
+        X509Material {
+            spiffe_id: svid.spiffe_id,
+            cert_der: svid.cert_der,
+            key_pkcs8_der: key.serialize_der(),
+            bundle_der: ca.certificate_der().to_vec(),
+            trust_domain: ca.trust_domain().clone(),
+        },
+        svid.not_after.since(now),
+    ))
+}
