@@ -7,6 +7,7 @@
 
 mod ca;
 mod csr;
+mod service;
 pub mod workload_api;
 
 pub use ca::{
@@ -14,3 +15,4 @@ pub use ca::{
     pem_certificate,
 };
 pub use csr::{CsrError, MAX_CSR_LEN, VerifiedCsr, parse_csr};
+pub use service::{IssuanceService, ServiceError};
