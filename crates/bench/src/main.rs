@@ -4,6 +4,7 @@
 //! `cargo run --release -p ringfence-bench -- store` prints a table and, last, one JSON line.
 
 mod audit;
+mod identity;
 mod stats;
 mod store;
 
@@ -42,6 +43,16 @@ enum Bench {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// X.509-SVIDs issued per second end to end (CSR checks + signing + audit append), a
+    /// burst re-issue, and the P-256 sign/verify ceiling in the same run
+    Identity {
+        /// CSRs per run (the burst re-issues all of them)
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Directory on the disk to measure (the audit log's store lives here)
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,5 +65,6 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(store::run(Duration::from_secs_f64(seconds), &dir))
         }
         Bench::Audit { entries, dir } => runtime.block_on(audit::run(entries, &dir)),
+        Bench::Identity { count, dir } => runtime.block_on(identity::run(count, &dir)),
     }
 }
