@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use ringfence_core::{Clock, MachineId, SpiffeId, SystemClock, TrustDomain, UnixTime};
-use ringfence_identity::workload_api::{WorkloadApi, run_rotator};
+use ringfence_identity::jwt::{DEFAULT_JWT_TTL, JwtIssuer};
+use ringfence_identity::workload_api::{JwtContext, WorkloadApi, run_rotator};
 use ringfence_identity::{Ca, IssuanceAuthority, IssuanceAuthorization, pem_certificate};
 use tokio::sync::watch;
 
@@ -77,6 +78,8 @@ pub async fn run(cmd: IdentityCommand, settings: &Settings) -> Result<u8> {
             )?;
             ca.save(&dir)
                 .with_context(|| format!("cannot write the CA into {}", dir.display()))?;
+            let jwt = JwtIssuer::generate(td.clone())?;
+            write_secret_pem(&dir.join("jwt.key"), jwt.pkcs8())?;
             std::fs::write(dir.join("trust-domain"), format!("{td}\n"))?;
             print!("{}", pem_certificate(ca.certificate_der()));
             Ok(exit::SUCCESS)
@@ -98,6 +101,12 @@ pub async fn run(cmd: IdentityCommand, settings: &Settings) -> Result<u8> {
                 machine: machine.clone(),
                 spiffe_id: id.clone(),
             });
+            let jwt = JwtContext {
+                issuer: load_jwt(&dir, ca.trust_domain().clone())?,
+                spiffe_id: id.clone(),
+                ttl: DEFAULT_JWT_TTL,
+                clock: Arc::new(SystemClock),
+            };
             let (tx, rx) = watch::channel(None);
             let rotator = tokio::spawn(run_rotator(
                 ca,
@@ -109,6 +118,7 @@ pub async fn run(cmd: IdentityCommand, settings: &Settings) -> Result<u8> {
             ));
             eprintln!("serving the Workload API for {id} on {}", socket.display());
             WorkloadApi::new(rx)
+                .with_jwt(jwt)
                 .serve(&socket, async {
                     let _ = tokio::signal::ctrl_c().await;
                 })
@@ -146,6 +156,44 @@ impl IssuanceAuthority for Given {
             not_after: UnixTime::from_millis(u64::MAX),
         })
     }
+}
+
+fn write_secret_pem(path: &Path, pkcs8: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.to_vec())).as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn load_jwt(dir: &Path, td: TrustDomain) -> Result<JwtIssuer> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("jwt.key");
+    let mode = std::fs::metadata(&path)
+        .with_context(|| {
+            format!(
+                "no JWT key at {}: run `ringfence identity ca init`",
+                path.display()
+            )
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} is readable by other users: run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    let parsed = pem::parse(std::fs::read(&path)?)
+        .with_context(|| format!("{} is not PEM", path.display()))?;
+    Ok(JwtIssuer::from_pkcs8(td, parsed.contents())?)
 }
 
 fn load_ca(dir: &Path) -> Result<Ca> {

@@ -7,6 +7,7 @@
 
 mod ca;
 mod csr;
+pub mod jwt;
 mod service;
 pub mod workload_api;
 

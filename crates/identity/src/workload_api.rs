@@ -7,8 +7,9 @@
 //! renews at half-life (the key is generated here, next to the workload, and only a CSR goes
 //! to the CA).
 //!
-//! JWT-SVIDs are not served yet: the JWT methods answer `Unimplemented` with a message that
-//! says so.
+//! JWT-SVIDs are minted for the workload's own SPIFFE ID only (an audience is required) and
+//! validated against the trust domain's JWT bundle; a service built without a JWT key
+//! answers the JWT methods with `Unimplemented`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -60,10 +61,24 @@ pub struct X509Material {
     pub trust_domain: TrustDomain,
 }
 
+/// What the JWT methods need: the signer, whose identity it signs for, and the time.
+#[derive(Debug)]
+pub struct JwtContext {
+    /// The trust domain's JWT signer.
+    pub issuer: crate::jwt::JwtIssuer,
+    /// The one SPIFFE ID this socket may mint JWT-SVIDs for.
+    pub spiffe_id: SpiffeId,
+    /// Token lifetime.
+    pub ttl: Duration,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+}
+
 /// The Workload API service for one workload.
 #[derive(Debug, Clone)]
 pub struct WorkloadApi {
     x509: watch::Receiver<Option<X509Material>>,
+    jwt: Option<Arc<JwtContext>>,
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -71,7 +86,19 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl WorkloadApi {
     /// A service that serves whatever `x509` holds.
     pub fn new(x509: watch::Receiver<Option<X509Material>>) -> Self {
-        Self { x509 }
+        Self { x509, jwt: None }
+    }
+
+    /// Also serves JWT-SVIDs.
+    pub fn with_jwt(mut self, jwt: JwtContext) -> Self {
+        self.jwt = Some(Arc::new(jwt));
+        self
+    }
+
+    fn jwt(&self) -> Result<&JwtContext, Status> {
+        self.jwt.as_deref().ok_or_else(|| {
+            Status::unimplemented("JWT-SVIDs are not served on this socket (no JWT key)")
+        })
     }
 
     /// Serves on the unix socket at `path` until `shutdown` resolves. A stale socket file is
@@ -160,30 +187,89 @@ impl SpiffeWorkloadApi for WorkloadApi {
 
     async fn fetch_jwtsvid(
         &self,
-        _req: Request<pb::JwtsvidRequest>,
+        req: Request<pb::JwtsvidRequest>,
     ) -> Result<Response<pb::JwtsvidResponse>, Status> {
-        Err(Status::unimplemented(
-            "JWT-SVIDs are not served by this Ringfence version yet",
-        ))
+        let jwt = self.jwt()?;
+        let req = req.into_inner();
+        if req.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if !req.spiffe_id.is_empty() && req.spiffe_id != jwt.spiffe_id.as_str() {
+            return Err(Status::permission_denied(format!(
+                "this workload may only obtain JWT-SVIDs for {}",
+                jwt.spiffe_id
+            )));
+        }
+        let token = jwt
+            .issuer
+            .issue(&jwt.spiffe_id, &req.audience, jwt.clock.now(), jwt.ttl)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::JwtsvidResponse {
+            svids: vec![pb::Jwtsvid {
+                spiffe_id: jwt.spiffe_id.to_string(),
+                svid: token,
+                hint: String::new(),
+            }],
+        }))
     }
 
     async fn fetch_jwt_bundles(
         &self,
         _req: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        Err(Status::unimplemented(
-            "JWT-SVIDs are not served by this Ringfence version yet",
-        ))
+        let jwt = self.jwt()?;
+        let response = pb::JwtBundlesResponse {
+            bundles: HashMap::from([(
+                jwt.spiffe_id.trust_domain_str().to_owned(),
+                jwt.issuer.jwks().into_bytes(),
+            )]),
+        };
+        // One answer now; the stream stays open for bundle changes (key rotation).
+        let stream =
+            futures::stream::once(async move { Ok(response) }).chain(futures::stream::pending());
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn validate_jwtsvid(
         &self,
-        _req: Request<pb::ValidateJwtsvidRequest>,
+        req: Request<pb::ValidateJwtsvidRequest>,
     ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
-        Err(Status::unimplemented(
-            "JWT-SVIDs are not served by this Ringfence version yet",
-        ))
+        let jwt = self.jwt()?;
+        let req = req.into_inner();
+        if req.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let bundle = crate::jwt::JwtBundle::parse(&jwt.issuer.jwks())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let td = jwt.spiffe_id.trust_domain();
+        let valid = crate::jwt::validate(&req.svid, &req.audience, &bundle, &td, jwt.clock.now())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::ValidateJwtsvidResponse {
+            spiffe_id: valid.spiffe_id.to_string(),
+            claims: Some(to_struct(valid.claims)),
+        }))
     }
+}
+
+fn to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
+    }
+}
+
+fn to_value(v: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.into_iter().map(to_value).collect(),
+        }),
+        serde_json::Value::Object(m) => Kind::StructValue(to_struct(m)),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
 
 /// Obtains one workload's SVID from the CA (key generated here, CSR sent) and renews it at

@@ -1,6 +1,7 @@
 //! The Workload API server against real SPIFFE clients: the Rust `spiffe` crate's client and
-//! py-spiffe (PyPI `spiffe`), with rotation at half-life, the trust bundle, openssl
-//! verification of what the clients received, and the security-header refusal.
+//! py-spiffe (PyPI `spiffe`), with rotation at half-life, the trust bundle, JWT-SVIDs minted,
+//! validated and refused for the wrong audience, openssl verification of what the clients
+//! received, and the security-header refusal.
 
 #![allow(
     clippy::unwrap_used,
@@ -16,7 +17,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ringfence_core::{MachineId, SpiffeId, SystemClock, TrustDomain, UnixTime};
-use ringfence_identity::workload_api::{WorkloadApi, run_rotator};
+use ringfence_identity::jwt::JwtIssuer;
+use ringfence_identity::workload_api::{JwtContext, WorkloadApi, run_rotator};
 use ringfence_identity::{Ca, IssuanceAuthority, IssuanceAuthorization, pem_certificate};
 use tokio::sync::{oneshot, watch};
 
@@ -78,8 +80,15 @@ async fn serve(ttl: Duration) -> Server {
     ));
     let (stop, stopped) = oneshot::channel::<()>();
     let path = socket.clone();
+    let jwt = JwtContext {
+        issuer: JwtIssuer::generate(TrustDomain::parse("example.org").unwrap()).unwrap(),
+        spiffe_id: SpiffeId::parse(ID).unwrap(),
+        ttl: Duration::from_secs(300),
+        clock: Arc::new(SystemClock),
+    };
     tokio::spawn(async move {
         WorkloadApi::new(rx)
+            .with_jwt(jwt)
             .serve(&path, async {
                 let _ = stopped.await;
             })
@@ -172,7 +181,7 @@ fn python(script: &str) -> std::process::Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn py_spiffe_fetches_an_svid_and_bundle() {
+async fn py_spiffe_fetches_svids_bundles_and_validates_jwt_svids() {
     let server = serve(Duration::from_secs(3600)).await;
     let work = tempfile::tempdir().unwrap();
     // KNOWN GAP: gRPC core (>= 1.57) sends the percent-encoded socket path as `:authority`,
@@ -192,10 +201,15 @@ print(svid.spiffe_id)
 open("{dir}/leaf.pem", "wb").write(svid.leaf.public_bytes(Encoding.PEM))
 bundles = client.fetch_x509_bundles()
 print(sorted(str(td) for td in bundles._bundles.keys()) if hasattr(bundles, "_bundles") else bundles)
+token = client.fetch_jwt_svid(audience={{"api"}})
+print("jwt sub", token.spiffe_id, "aud", sorted(token.audience))
+print("validated", client.validate_jwt_svid(token.token, "api").spiffe_id)
 try:
-    client.fetch_jwt_svid(audience={{"a"}})
+    client.validate_jwt_svid(token.token, "other-service")
 except Exception as e:
-    print("jwt:", e)
+    print("wrong audience:", e)
+jwt_bundles = client.fetch_jwt_bundles()
+print("jwt bundle", jwt_bundles.get_bundle_for_trust_domain(__import__("spiffe").TrustDomain("example.org")) is not None)
 "#,
         socket = server.socket.display(),
         dir = work.path().display()
@@ -212,7 +226,16 @@ except Exception as e:
     let mut lines = stdout.lines();
     assert_eq!(lines.next(), Some(ID));
     assert!(lines.next().unwrap().contains("example.org"), "{stdout}");
-    assert!(stdout.contains("JWT-SVIDs are not served"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("jwt sub {ID} aud ['api']")),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("validated {ID}")), "{stdout}");
+    assert!(
+        stdout.contains("does not include \"other-service\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("jwt bundle True"), "{stdout}");
     std::fs::write(work.path().join("ca.pem"), &server.ca_pem).unwrap();
     let verify = Command::new("openssl")
         .current_dir(work.path())

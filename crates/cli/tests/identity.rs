@@ -1,0 +1,143 @@
+//! `ringfence identity` end to end: a CA is created, a Workload API socket is served by the
+//! real binary, py-spiffe fetches an X.509-SVID and a JWT-SVID from it, and `identity
+//! inspect` recognizes the SVID as issued by this CA.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code: a panic is a failure report
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ID: &str = "spiffe://example.org/ns/prod/svc/web";
+
+fn rf(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("RINGFENCE_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_workload_gets_x509_and_jwt_svids_from_the_cli_served_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let init = rf(
+        d,
+        &["identity", "ca", "init", "--trust-domain", "example.org"],
+    );
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    assert!(String::from_utf8_lossy(&init.stdout).starts_with("-----BEGIN CERTIFICATE-----"));
+    for key in ["ca.key", "jwt.key"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(d.join(".ringfence/identity").join(key))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    let again = rf(
+        d,
+        &["identity", "ca", "init", "--trust-domain", "example.org"],
+    );
+    assert!(!again.status.success());
+
+    let socket = d.join("workload.sock");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .current_dir(d)
+        .args([
+            "identity",
+            "workload-api",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--spiffe-id",
+            ID,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let script = format!(
+        r#"
+import grpc
+_channel = grpc.insecure_channel
+# Known gap (docs/identity.md): gRPC core sends a percent-encoded :authority for unix sockets.
+grpc.insecure_channel = lambda target, options=None, **kw: _channel(target, options=list(options or []) + [("grpc.default_authority", "localhost")], **kw)
+from spiffe import WorkloadApiClient
+from cryptography.hazmat.primitives.serialization import Encoding
+c = WorkloadApiClient(socket_path="unix://{socket}")
+svid = c.fetch_x509_svid()
+open("svid.pem", "wb").write(svid.leaf.public_bytes(Encoding.PEM))
+jwt = c.fetch_jwt_svid(audience={{"db"}})
+print(svid.spiffe_id, jwt.spiffe_id, c.validate_jwt_svid(jwt.token, "db").spiffe_id)
+"#,
+        socket = socket.display()
+    );
+    let out = Command::new("python3")
+        .current_dir(d)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    server.kill().unwrap(); // by PID
+    server.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{ID} {ID} {ID}")
+    );
+
+    let inspect = rf(d, &["identity", "inspect", "svid.pem"]);
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(text.contains(&format!("spiffe id:  {ID}")), "{text}");
+    assert!(
+        text.contains("chain:      valid, issued by this CA"),
+        "{text}"
+    );
+    let bundle = rf(d, &["identity", "ca", "bundle"]);
+    std::fs::write(d.join("bundle.pem"), &bundle.stdout).unwrap();
+    let verify = Command::new("openssl")
+        .current_dir(d)
+        .args(["verify", "-CAfile", "bundle.pem", "svid.pem"])
+        .output()
+        .unwrap();
+    assert!(verify.status.success());
+}
+
+#[test]
+fn a_ca_key_readable_by_others_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(
+        rf(
+            d,
+            &["identity", "ca", "init", "--trust-domain", "example.org"]
+        )
+        .status
+        .success()
+    );
+    let key = d.join(".ringfence/identity/ca.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = rf(d, &["identity", "ca", "bundle"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("readable by other users"), "{err}");
+}
