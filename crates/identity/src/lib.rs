@@ -9,6 +9,7 @@ mod ca;
 mod csr;
 pub mod jwt;
 mod service;
+pub mod tls;
 pub mod workload_api;
 
 pub use ca::{
