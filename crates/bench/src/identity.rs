@@ -18,7 +18,7 @@ use rcgen::{CertificateParams, SanType};
 use ringfence_audit::note::{Signer, TYPE_ED25519};
 use ringfence_audit::{AuditLog, LogOptions};
 use ringfence_core::{MachineId, SpiffeId, SystemClock, TrustDomain, UnixTime};
-use ringfence_identity::{Ca, IssuanceAuthority, IssuanceAuthorization, IssuanceService};
+use ringfence_identity::{Ca, CaSet, IssuanceAuthority, IssuanceAuthorization, IssuanceService};
 use ringfence_store::{RedbOptions, RedbStore, Store};
 use serde_json::json;
 
@@ -77,7 +77,11 @@ pub async fn run(count: usize, dir: &Path) -> Result<()> {
     .await?;
     let td = TrustDomain::parse("bench.ringfence")?;
     let now = ringfence_core::Clock::now(&SystemClock);
-    let ca = Arc::new(Ca::generate(td, now, Duration::from_secs(86_400))?);
+    let ca = Arc::new(CaSet::new(Ca::generate(
+        td,
+        now,
+        Duration::from_secs(86_400),
+    )?));
     let service = Arc::new(IssuanceService::new(
         ca,
         Arc::new(Placed),

@@ -11,7 +11,7 @@ use clap::Subcommand;
 use ringfence_core::{Clock, MachineId, SpiffeId, SystemClock, TrustDomain, UnixTime};
 use ringfence_identity::jwt::{DEFAULT_JWT_TTL, JwtIssuer};
 use ringfence_identity::workload_api::{JwtContext, WorkloadApi, run_rotator};
-use ringfence_identity::{Ca, IssuanceAuthority, IssuanceAuthorization, pem_certificate};
+use ringfence_identity::{Ca, CaSet, IssuanceAuthority, IssuanceAuthorization, pem_certificate};
 use tokio::sync::watch;
 
 use crate::config::Settings;
@@ -94,7 +94,9 @@ pub async fn run(cmd: IdentityCommand, settings: &Settings) -> Result<u8> {
             spiffe_id,
             ttl,
         } => {
-            let ca = Arc::new(load_ca(&dir)?.with_ttl(Duration::from_secs(ttl)));
+            let ca = Arc::new(CaSet::new(
+                load_ca(&dir)?.with_ttl(Duration::from_secs(ttl)),
+            ));
             let id = SpiffeId::parse(&spiffe_id).context("invalid --spiffe-id")?;
             let machine = MachineId::parse("local").context("machine id")?;
             let authority: Arc<dyn IssuanceAuthority> = Arc::new(Given {

@@ -204,6 +204,11 @@ impl Ca {
         self
     }
 
+    /// The SVID lifetime.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// The CA certificate (the trust bundle's entry), DER.
     pub fn certificate_der(&self) -> &[u8] {
         &self.cert_der

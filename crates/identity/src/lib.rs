@@ -8,6 +8,7 @@
 mod ca;
 mod csr;
 pub mod jwt;
+mod rotation;
 mod service;
 pub mod tls;
 pub mod workload_api;
@@ -17,4 +18,5 @@ pub use ca::{
     pem_certificate,
 };
 pub use csr::{CsrError, MAX_CSR_LEN, VerifiedCsr, parse_csr};
+pub use rotation::CaSet;
 pub use service::{IssuanceService, ServiceError};

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use ringfence_audit::{AuditSink, Decision, Event};
 use ringfence_core::{Clock, MachineId, SpiffeId};
 
-use crate::ca::{Ca, IssuanceAuthority, IssueError, Svid};
+use crate::ca::{IssuanceAuthority, IssueError, Svid};
+use crate::rotation::CaSet;
 
 /// The CA behind its authority, its clock and the audit log.
 pub struct IssuanceService {
-    ca: Arc<Ca>,
+    ca: Arc<CaSet>,
     authority: Arc<dyn IssuanceAuthority>,
     audit: Arc<dyn AuditSink>,
     clock: Arc<dyn Clock>,
@@ -39,7 +40,7 @@ pub enum ServiceError {
 impl IssuanceService {
     /// A service issuing as `spiffe://<td>/ringfence/ca`.
     pub fn new(
-        ca: Arc<Ca>,
+        ca: Arc<CaSet>,
         authority: Arc<dyn IssuanceAuthority>,
         audit: Arc<dyn AuditSink>,
         clock: Arc<dyn Clock>,

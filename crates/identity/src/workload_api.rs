@@ -25,7 +25,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{UnixListenerStream, WatchStream};
 use tonic::{Request, Response, Status};
 
-use crate::ca::{Ca, IssuanceAuthority, IssueError};
+use crate::ca::{IssuanceAuthority, IssueError};
+use crate::rotation::CaSet;
 
 #[allow(
     missing_docs,
@@ -276,7 +277,7 @@ fn to_value(v: serde_json::Value) -> prost_types::Value {
 /// half-life, publishing every new SVID to `out`. A failed renewal is retried every few
 /// seconds while the old SVID stays in use until it expires.
 pub async fn run_rotator(
-    ca: Arc<Ca>,
+    ca: Arc<CaSet>,
     authority: Arc<dyn IssuanceAuthority>,
     machine: MachineId,
     spiffe_id: SpiffeId,
@@ -309,7 +310,7 @@ pub async fn run_rotator(
 
 /// One issuance: a fresh key, a CSR, an SVID.
 pub fn obtain(
-    ca: &Ca,
+    ca: &CaSet,
     authority: &dyn IssuanceAuthority,
     machine: &MachineId,
     spiffe_id: &SpiffeId,
@@ -332,7 +333,7 @@ pub fn obtain(
             spiffe_id: svid.spiffe_id,
             cert_der: svid.cert_der,
             key_pkcs8_der: key.serialize_der(),
-            bundle_der: ca.certificate_der().to_vec(),
+            bundle_der: ca.bundle_der(now),
             trust_domain: ca.trust_domain().clone(),
         },
         svid.not_after.since(now),

@@ -17,7 +17,7 @@ use ringfence_audit::note::{Signer, TYPE_ED25519};
 use ringfence_audit::{AuditError, AuditLog, AuditSink, Decision, Event, LogOptions};
 use ringfence_core::{MachineId, ManualClock, SpiffeId, TrustDomain, UnixTime};
 use ringfence_identity::{
-    Ca, IssuanceAuthority, IssuanceAuthorization, IssuanceService, ServiceError,
+    Ca, CaSet, IssuanceAuthority, IssuanceAuthorization, IssuanceService, ServiceError,
 };
 use ringfence_store::{RedbOptions, RedbStore, Store};
 
@@ -65,7 +65,7 @@ async fn setup(audit: Arc<dyn AuditSink>) -> IssuanceService {
     )
     .unwrap();
     IssuanceService::new(
-        Arc::new(ca),
+        Arc::new(CaSet::new(ca)),
         Arc::new(Placement),
         audit,
         Arc::new(ManualClock::new(NOW)),

@@ -19,7 +19,7 @@ use std::time::Duration;
 use ringfence_core::{Clock, MachineId, ManualClock, SpiffeId, SystemClock, TrustDomain, UnixTime};
 use ringfence_identity::tls::{PeerPolicy, client_config, server_config, spiffe_id_of};
 use ringfence_identity::workload_api::{X509Material, run_rotator};
-use ringfence_identity::{Ca, IssuanceAuthority, IssuanceAuthorization};
+use ringfence_identity::{Ca, CaSet, IssuanceAuthority, IssuanceAuthorization};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -48,8 +48,8 @@ fn id(s: &str) -> SpiffeId {
     SpiffeId::parse(s).unwrap()
 }
 
-fn new_ca(td: &str, ttl: Duration) -> Arc<Ca> {
-    Arc::new(
+fn new_ca(td: &str, ttl: Duration) -> Arc<CaSet> {
+    Arc::new(CaSet::new(
         Ca::generate(
             TrustDomain::parse(td).unwrap(),
             SystemClock.now(),
@@ -57,11 +57,11 @@ fn new_ca(td: &str, ttl: Duration) -> Arc<Ca> {
         )
         .unwrap()
         .with_ttl(ttl),
-    )
+    ))
 }
 
 /// Starts a rotator for `who` and waits for its first SVID.
-async fn svid(ca: &Arc<Ca>, who: &str) -> watch::Receiver<Option<X509Material>> {
+async fn svid(ca: &Arc<CaSet>, who: &str) -> watch::Receiver<Option<X509Material>> {
     let (tx, mut rx) = watch::channel(None);
     tokio::spawn(run_rotator(
         Arc::clone(ca),
@@ -261,4 +261,85 @@ async fn connections_across_rotations_never_fail() {
         "the server rotated: {} distinct certificates over {calls} calls",
         server_certs.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_key_rotation_in_the_middle_causes_no_failed_handshake() {
+    // 4 s SVIDs. The next CA enters the bundle at 2 s, starts signing at 7 s (more than one
+    // SVID lifetime later, so every peer's bundle already holds it), and the run ends at 13 s.
+    let ca = new_ca("example.org", Duration::from_secs(4));
+    let old_ca = ca.active().certificate_der().to_vec();
+    let (web, api) = (svid(&ca, WEB).await, svid(&ca, API).await);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let addr = echo_server(web, PeerPolicy::OneOf(vec![id(API)]), Arc::clone(&clock)).await;
+    let start = tokio::time::Instant::now();
+    let (mut prepared, mut activated) = (false, false);
+    let mut failures = Vec::new();
+    let mut issuers = HashSet::new();
+    let mut calls = 0;
+    while start.elapsed() < Duration::from_secs(13) {
+        if !prepared && start.elapsed() >= Duration::from_secs(2) {
+            ca.prepare_next(SystemClock.now(), Duration::from_secs(86_400))
+                .unwrap();
+            prepared = true;
+        }
+        if !activated && start.elapsed() >= Duration::from_secs(7) {
+            ca.activate_next(SystemClock.now()).unwrap();
+            activated = true;
+        }
+        match call(
+            addr,
+            api.clone(),
+            PeerPolicy::OneOf(vec![id(WEB)]),
+            Arc::clone(&clock),
+        )
+        .await
+        {
+            Ok((_, cert)) => {
+                issuers.insert(issuer_of(&cert));
+            }
+            Err(e) => failures.push(format!("at {:?}: {e}", start.elapsed())),
+        }
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} handshakes failed: {failures:?}",
+        failures.len()
+    );
+    assert_eq!(
+        issuers.len(),
+        2,
+        "SVIDs from the old and the new CA were both in use"
+    );
+    assert!(issuers.contains(&issuer_of_ca(&old_ca)));
+}
+
+/// The authority key identifier of a certificate (which CA signed it).
+fn issuer_of(cert: &[u8]) -> Vec<u8> {
+    use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+    let (_, c) = X509Certificate::from_der(cert).unwrap();
+    c.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// The subject key identifier of a CA certificate.
+fn issuer_of_ca(cert: &[u8]) -> Vec<u8> {
+    use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+    let (_, c) = X509Certificate::from_der(cert).unwrap();
+    c.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
+        .unwrap()
 }

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use ringfence_core::{MachineId, SpiffeId, SystemClock, TrustDomain, UnixTime};
 use ringfence_identity::jwt::JwtIssuer;
 use ringfence_identity::workload_api::{JwtContext, WorkloadApi, run_rotator};
-use ringfence_identity::{Ca, IssuanceAuthority, IssuanceAuthorization, pem_certificate};
+use ringfence_identity::{Ca, CaSet, IssuanceAuthority, IssuanceAuthorization, pem_certificate};
 use tokio::sync::{oneshot, watch};
 
 const ID: &str = "spiffe://example.org/ns/prod/svc/web";
@@ -69,6 +69,7 @@ async fn serve(ttl: Duration) -> Server {
         .with_ttl(ttl),
     );
     let ca_pem = pem_certificate(ca.certificate_der());
+    let ca = Arc::new(CaSet::new(Arc::try_unwrap(ca).unwrap()));
     let (tx, rx) = watch::channel(None);
     tokio::spawn(run_rotator(
         ca,

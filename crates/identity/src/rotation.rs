@@ -1,0 +1,178 @@
+//! CA key rotation with overlap.
+//!
+//! 1. `prepare_next`: a new CA key is made and enters the trust bundle, but does not sign yet.
+//!    Wait at least one SVID lifetime, so every workload renews and receives the new bundle.
+//! 2. `activate_next`: the new CA signs from now on; the old CA leaves signing but stays in
+//!    the bundle until every SVID it signed has expired (now + its SVID lifetime).
+//!
+//! At no point does a peer hold an SVID that another peer's bundle cannot verify.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ringfence_core::{MachineId, TrustDomain, UnixTime};
+
+use crate::ca::{Ca, IssuanceAuthority, IssueError, Svid};
+
+/// The CAs of one trust domain: the active one, the next one, the retiring ones.
+pub struct CaSet {
+    trust_domain: TrustDomain,
+    state: RwLock<State>,
+}
+
+struct State {
+    active: Arc<Ca>,
+    next: Option<Arc<Ca>>,
+    /// Former CAs' certificates, kept in the bundle until the given time.
+    retiring: Vec<(Vec<u8>, UnixTime)>,
+}
+
+impl std::fmt::Debug for CaSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaSet")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaSet {
+    /// A set whose active CA is `ca`.
+    pub fn new(ca: Ca) -> Self {
+        Self {
+            trust_domain: ca.trust_domain().clone(),
+            state: RwLock::new(State {
+                active: Arc::new(ca),
+                next: None,
+                retiring: Vec::new(),
+            }),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // A poisoned lock only means another thread panicked mid-update of plain data that
+        // every update leaves consistent; keep serving.
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The CA that signs now.
+    pub fn active(&self) -> Arc<Ca> {
+        Arc::clone(&self.read().active)
+    }
+
+    /// Issues with the active CA.
+    pub fn issue(
+        &self,
+        csr_der: &[u8],
+        machine: &MachineId,
+        authority: &dyn IssuanceAuthority,
+        now: UnixTime,
+    ) -> Result<Svid, IssueError> {
+        self.active().issue(csr_der, machine, authority, now)
+    }
+
+    /// The trust bundle at `now`: active, next and still-needed former CA certificates,
+    /// concatenated DER.
+    pub fn bundle_der(&self, now: UnixTime) -> Vec<u8> {
+        let state = self.read();
+        let mut out = state.active.certificate_der().to_vec();
+        if let Some(next) = &state.next {
+            out.extend_from_slice(next.certificate_der());
+        }
+        for (cert, until) in &state.retiring {
+            if *until > now {
+                out.extend_from_slice(cert);
+            }
+        }
+        out
+    }
+
+    /// Step 1: makes the next CA and puts it in the bundle (it does not sign yet).
+    pub fn prepare_next(&self, now: UnixTime, validity: Duration) -> Result<(), IssueError> {
+        let ttl = self.active().ttl();
+        let next = Ca::generate(self.trust_domain.clone(), now, validity)?.with_ttl(ttl);
+        self.write().next = Some(Arc::new(next));
+        Ok(())
+    }
+
+    /// Step 2: the prepared CA starts signing; the old one stays in the bundle until every
+    /// SVID it signed has expired.
+    pub fn activate_next(&self, now: UnixTime) -> Result<(), IssueError> {
+        let mut state = self.write();
+        let next = state.next.take().ok_or_else(|| {
+            IssueError::Signing(
+                "no next CA prepared: prepare it at least one SVID lifetime before".into(),
+            )
+        })?;
+        let old = std::mem::replace(&mut state.active, next);
+        let until = now
+            .saturating_add(old.ttl())
+            .saturating_add(Duration::from_secs(60));
+        state.retiring.push((old.certificate_der().to_vec(), until));
+        state.retiring.retain(|(_, u)| *u > now);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundle_overlaps_across_a_rotation() {
+        let t0 = UnixTime::from_secs(1_800_000_000);
+        let ca = Ca::generate(
+            TrustDomain::parse("example.org").unwrap(),
+            t0,
+            Duration::from_secs(86_400),
+        )
+        .unwrap()
+        .with_ttl(Duration::from_secs(600));
+        let set = CaSet::new(ca);
+        let one = set.bundle_der(t0).len();
+        assert!(
+            set.activate_next(t0)
+                .unwrap_err()
+                .to_string()
+                .contains("no next CA prepared")
+        );
+        set.prepare_next(t0, Duration::from_secs(86_400)).unwrap();
+        let old = set.active().certificate_der().to_vec();
+        assert!(
+            set.bundle_der(t0).len() > one,
+            "the next CA is in the bundle before it signs"
+        );
+        assert_eq!(
+            set.active().certificate_der(),
+            old.as_slice(),
+            "and it does not sign yet"
+        );
+        let t1 = t0.saturating_add(Duration::from_secs(700));
+        set.activate_next(t1).unwrap();
+        assert_ne!(set.active().certificate_der(), old.as_slice());
+        let both = set.bundle_der(t1);
+        assert!(
+            both.windows(old.len()).any(|w| w == old.as_slice()),
+            "the old CA stays while its SVIDs live"
+        );
+        let later = t1.saturating_add(Duration::from_secs(601 + 60));
+        assert!(
+            !set.bundle_der(later)
+                .windows(old.len())
+                .any(|w| w == old.as_slice()),
+            "and leaves after"
+        );
+    }
+}
