@@ -274,8 +274,9 @@ fn to_value(v: serde_json::Value) -> prost_types::Value {
 }
 
 /// Obtains one workload's SVID from the CA (key generated here, CSR sent) and renews it at
-/// half-life, publishing every new SVID to `out`. A failed renewal is retried every few
-/// seconds while the old SVID stays in use until it expires.
+/// half-life, publishing every new SVID to `out`. A failed renewal is retried every tenth of
+/// the SVID lifetime while the old SVID stays in use until it expires (after which peers
+/// refuse it: nothing here extends an SVID's life).
 pub async fn run_rotator(
     ca: Arc<CaSet>,
     authority: Arc<dyn IssuanceAuthority>,
@@ -284,6 +285,9 @@ pub async fn run_rotator(
     clock: Arc<dyn Clock>,
     out: watch::Sender<Option<X509Material>>,
 ) {
+    // Until the first SVID, retry quickly; afterwards every tenth of the SVID lifetime, so a
+    // CA that comes back is noticed well within one rotation interval (half the lifetime).
+    let mut retry = Duration::from_millis(200);
     loop {
         let wait = match obtain(
             &ca,
@@ -294,11 +298,12 @@ pub async fn run_rotator(
         ) {
             Ok((material, lifetime)) => {
                 out.send_replace(Some(material));
+                retry = (lifetime / 10).clamp(Duration::from_millis(100), Duration::from_secs(30));
                 lifetime / 2
             }
             Err(e) => {
-                tracing::warn!(error = %e, %spiffe_id, "SVID renewal failed; retrying");
-                Duration::from_secs(2)
+                tracing::warn!(error = %e, %spiffe_id, "SVID renewal failed; retrying in {retry:?}");
+                retry
             }
         };
         tokio::select! {

@@ -343,3 +343,107 @@ fn issuer_of_ca(cert: &[u8]) -> Vec<u8> {
         })
         .unwrap()
 }
+
+/// An authority that can be switched off, standing in for an unreachable CA.
+struct Switchable(Arc<std::sync::atomic::AtomicBool>);
+
+impl IssuanceAuthority for Switchable {
+    fn authorize(
+        &self,
+        machine: &MachineId,
+        id: &SpiffeId,
+    ) -> Result<IssuanceAuthorization, String> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("the CA is unreachable".into());
+        }
+        Placed.authorize(machine, id)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_outage_is_survived_while_svids_last_and_recovered_from() {
+    // 4 s SVIDs, renewed at 2 s. The server's CA goes down twice: for 2 s (0.5 x TTL: no
+    // failure) and for 6 s (1.5 x TTL: its SVID expires and the client refuses it); when the
+    // CA is back, the server renews within one rotation interval (2 s) and calls succeed.
+    let ca = new_ca("example.org", Duration::from_secs(4));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, mut web) = watch::channel(None);
+    tokio::spawn(run_rotator(
+        Arc::clone(&ca),
+        Arc::new(Switchable(Arc::clone(&down))),
+        MachineId::parse("node-1").unwrap(),
+        id(WEB),
+        Arc::new(SystemClock),
+        tx,
+    ));
+    web.wait_for(Option::is_some).await.unwrap();
+    let api = svid(&ca, API).await;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let addr = echo_server(web, PeerPolicy::OneOf(vec![id(API)]), Arc::clone(&clock)).await;
+    let ok =
+        |r: &Result<(String, Vec<u8>), String>| r.as_ref().map(|(s, _)| s == API).unwrap_or(false);
+    let set_down = |v: bool| down.store(v, std::sync::atomic::Ordering::SeqCst);
+
+    // Short outage: every call succeeds.
+    set_down(true);
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        let r = call(
+            addr,
+            api.clone(),
+            PeerPolicy::OneOf(vec![id(WEB)]),
+            Arc::clone(&clock),
+        )
+        .await;
+        assert!(ok(&r), "a call failed during a 0.5 x TTL outage: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    set_down(false);
+    tokio::time::sleep(Duration::from_secs(3)).await; // renewed, fresh 4 s SVID
+
+    // Long outage: the server's SVID expires and the client refuses it.
+    set_down(true);
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    let mut refused = Vec::new();
+    while tokio::time::Instant::now() < until {
+        if let Err(e) = call(
+            addr,
+            api.clone(),
+            PeerPolicy::OneOf(vec![id(WEB)]),
+            Arc::clone(&clock),
+        )
+        .await
+        {
+            refused.push(e);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!refused.is_empty(), "an expired SVID must be refused");
+    assert!(
+        refused
+            .iter()
+            .all(|e| e == "invalid peer certificate: Expired"),
+        "{refused:?}"
+    );
+
+    // Back: renewal within one rotation interval (2 s), then calls succeed again.
+    set_down(false);
+    let back = tokio::time::Instant::now();
+    loop {
+        let r = call(
+            addr,
+            api.clone(),
+            PeerPolicy::OneOf(vec![id(WEB)]),
+            Arc::clone(&clock),
+        )
+        .await;
+        if ok(&r) {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(2),
+            "no renewal within one rotation interval: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
