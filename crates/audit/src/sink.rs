@@ -125,3 +125,29 @@ impl AuditSink for Spool {
         Ok(())
     }
 }
+
+/// An in-memory sink for tests and tools: keeps every event, in order, and is durable only as
+/// long as the process lives. Never use it where an audit trail is required.
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    events: std::sync::Mutex<Vec<Event>>,
+}
+
+impl MemorySink {
+    /// The events recorded so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl AuditSink for MemorySink {
+    async fn record(&self, event: &Event) -> Result<(), AuditError> {
+        event.encode()?;
+        self.events
+            .lock()
+            .map_err(|_| AuditError::Closed)?
+            .push(event.clone());
+        Ok(())
+    }
+}

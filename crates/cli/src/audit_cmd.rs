@@ -335,7 +335,7 @@ async fn store(settings: &Settings) -> Result<Arc<dyn Store>> {
         .context("cannot open the store")
 }
 
-async fn open_log(settings: &Settings, dir: &Path) -> Result<AuditLog> {
+pub(crate) async fn open_log(settings: &Settings, dir: &Path) -> Result<AuditLog> {
     let signer = read_secret(&dir.join("log.key"))?;
     let options = LogOptions {
         origin: signer.name().to_owned(),

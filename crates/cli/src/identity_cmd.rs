@@ -11,7 +11,9 @@ use clap::Subcommand;
 use ringfence_core::{Clock, MachineId, SpiffeId, SystemClock, TrustDomain, UnixTime};
 use ringfence_identity::jwt::{DEFAULT_JWT_TTL, JwtIssuer};
 use ringfence_identity::workload_api::{JwtContext, WorkloadApi, run_rotator};
-use ringfence_identity::{Ca, CaSet, IssuanceAuthority, IssuanceAuthorization, pem_certificate};
+use ringfence_identity::{
+    Ca, CaSet, IssuanceAuthority, IssuanceAuthorization, IssuanceService, pem_certificate,
+};
 use tokio::sync::watch;
 
 use crate::config::Settings;
@@ -109,10 +111,20 @@ pub async fn run(cmd: IdentityCommand, settings: &Settings) -> Result<u8> {
                 ttl: DEFAULT_JWT_TTL,
                 clock: Arc::new(SystemClock),
             };
-            let (tx, rx) = watch::channel(None);
-            let rotator = tokio::spawn(run_rotator(
+            // Every issuance and refusal is recorded in the audit log.
+            let audit = crate::audit_cmd::open_log(settings, &settings.data_dir.join("audit"))
+                .await
+                .context("the Workload API records every issuance in the audit log")?;
+            let _publisher = audit.spawn_publisher();
+            let service = Arc::new(IssuanceService::new(
                 ca,
                 authority,
+                Arc::new(audit),
+                Arc::new(SystemClock),
+            )?);
+            let (tx, rx) = watch::channel(None);
+            let rotator = tokio::spawn(run_rotator(
+                service,
                 machine,
                 id.clone(),
                 Arc::new(SystemClock),

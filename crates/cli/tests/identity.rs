@@ -52,6 +52,9 @@ fn a_workload_gets_x509_and_jwt_svids_from_the_cli_served_socket() {
     );
     assert!(!again.status.success());
 
+    // The socket records every issuance in the audit log, so the log must exist.
+    let o = rf(d, &["audit", "init", "--origin", "example.org/audit"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let socket = d.join("workload.sock");
     let mut server = Command::new(env!("CARGO_BIN_EXE_ringfence"))
         .current_dir(d)
@@ -105,6 +108,32 @@ print(svid.spiffe_id, jwt.spiffe_id, c.validate_jwt_svid(jwt.token, "db").spiffe
         format!("{ID} {ID} {ID}")
     );
 
+    // The issuance is in the audit log (the server is gone, so the store is free).
+    let q = rf(
+        d,
+        &[
+            "audit",
+            "query",
+            "--action",
+            "identity.issue",
+            "--decision",
+            "allow",
+        ],
+    );
+    let text = String::from_utf8_lossy(&q.stdout);
+    assert!(
+        text.contains(&format!(
+            "allow spiffe://example.org/ringfence/ca identity.issue {ID} issued"
+        )),
+        "{text}"
+    );
+    let verify = rf(d, &["audit", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
     let inspect = rf(d, &["identity", "inspect", "svid.pem"]);
     let text = String::from_utf8_lossy(&inspect.stdout);
     assert!(text.contains(&format!("spiffe id:  {ID}")), "{text}");
@@ -120,6 +149,38 @@ print(svid.spiffe_id, jwt.spiffe_id, c.validate_jwt_svid(jwt.token, "db").spiffe
         .output()
         .unwrap();
     assert!(verify.status.success());
+}
+
+#[test]
+fn the_workload_api_refuses_to_start_without_an_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(
+        rf(
+            d,
+            &["identity", "ca", "init", "--trust-domain", "example.org"]
+        )
+        .status
+        .success()
+    );
+    let o = rf(
+        d,
+        &[
+            "identity",
+            "workload-api",
+            "--socket",
+            "s.sock",
+            "--spiffe-id",
+            ID,
+        ],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("records every issuance in the audit log")
+            && err.contains("ringfence audit init"),
+        "{err}"
+    );
 }
 
 #[test]

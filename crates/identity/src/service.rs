@@ -58,6 +58,11 @@ impl IssuanceService {
         })
     }
 
+    /// The CAs this service issues with.
+    pub fn ca_set(&self) -> &Arc<CaSet> {
+        &self.ca
+    }
+
     /// Issues an SVID for `csr_der` from `machine`, recording the outcome.
     pub async fn issue(&self, csr_der: &[u8], machine: &MachineId) -> Result<Svid, ServiceError> {
         let now = self.clock.now();

@@ -25,8 +25,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{UnixListenerStream, WatchStream};
 use tonic::{Request, Response, Status};
 
-use crate::ca::{IssuanceAuthority, IssueError};
-use crate::rotation::CaSet;
+use crate::ca::IssueError;
+use crate::service::{IssuanceService, ServiceError};
 
 #[allow(
     missing_docs,
@@ -276,10 +276,10 @@ fn to_value(v: serde_json::Value) -> prost_types::Value {
 /// Obtains one workload's SVID from the CA (key generated here, CSR sent) and renews it at
 /// half-life, publishing every new SVID to `out`. A failed renewal is retried every tenth of
 /// the SVID lifetime while the old SVID stays in use until it expires (after which peers
-/// refuse it: nothing here extends an SVID's life).
+/// refuse it: nothing here extends an SVID's life). Every issuance and refusal goes through
+/// the audited [`IssuanceService`].
 pub async fn run_rotator(
-    ca: Arc<CaSet>,
-    authority: Arc<dyn IssuanceAuthority>,
+    service: Arc<IssuanceService>,
     machine: MachineId,
     spiffe_id: SpiffeId,
     clock: Arc<dyn Clock>,
@@ -289,13 +289,7 @@ pub async fn run_rotator(
     // CA that comes back is noticed well within one rotation interval (half the lifetime).
     let mut retry = Duration::from_millis(200);
     loop {
-        let wait = match obtain(
-            &ca,
-            authority.as_ref(),
-            &machine,
-            &spiffe_id,
-            clock.as_ref(),
-        ) {
+        let wait = match obtain(&service, &machine, &spiffe_id, clock.as_ref()).await {
             Ok((material, lifetime)) => {
                 out.send_replace(Some(material));
                 retry = (lifetime / 10).clamp(Duration::from_millis(100), Duration::from_secs(30));
@@ -314,25 +308,22 @@ pub async fn run_rotator(
 }
 
 /// One issuance: a fresh key, a CSR, an SVID.
-pub fn obtain(
-    ca: &CaSet,
-    authority: &dyn IssuanceAuthority,
+pub async fn obtain(
+    service: &IssuanceService,
     machine: &MachineId,
     spiffe_id: &SpiffeId,
     clock: &dyn Clock,
-) -> Result<(X509Material, Duration), IssueError> {
-    let key = KeyPair::generate().map_err(|e| IssueError::Signing(e.to_string()))?;
-    let mut params = CertificateParams::new(Vec::<String>::new())
-        .map_err(|e| IssueError::Signing(e.to_string()))?;
-    params.subject_alt_names =
-        vec![SanType::URI(spiffe_id.as_str().try_into().map_err(
-            |e: rcgen::Error| IssueError::Signing(e.to_string()),
-        )?)];
-    let csr = params
-        .serialize_request(&key)
-        .map_err(|e| IssueError::Signing(e.to_string()))?;
+) -> Result<(X509Material, Duration), ServiceError> {
+    let signing = |e: rcgen::Error| ServiceError::Refused(IssueError::Signing(e.to_string()));
+    let key = KeyPair::generate().map_err(signing)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(signing)?;
+    params.subject_alt_names = vec![SanType::URI(
+        spiffe_id.as_str().try_into().map_err(signing)?,
+    )];
+    let csr = params.serialize_request(&key).map_err(signing)?;
+    let svid = service.issue(csr.der(), machine).await?;
     let now = clock.now();
-    let svid = ca.issue(csr.der(), machine, authority, now)?;
+    let ca = service.ca_set();
     Ok((
         X509Material {
             spiffe_id: svid.spiffe_id,

@@ -16,10 +16,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringfence_audit::MemorySink;
 use ringfence_core::{Clock, MachineId, ManualClock, SpiffeId, SystemClock, TrustDomain, UnixTime};
 use ringfence_identity::tls::{PeerPolicy, client_config, server_config, spiffe_id_of};
 use ringfence_identity::workload_api::{X509Material, run_rotator};
-use ringfence_identity::{Ca, CaSet, IssuanceAuthority, IssuanceAuthorization};
+use ringfence_identity::{Ca, CaSet, IssuanceAuthority, IssuanceAuthorization, IssuanceService};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -60,12 +61,24 @@ fn new_ca(td: &str, ttl: Duration) -> Arc<CaSet> {
     ))
 }
 
+/// The audited issuance service over `ca` (events kept in memory).
+fn service(ca: &Arc<CaSet>, authority: Arc<dyn IssuanceAuthority>) -> Arc<IssuanceService> {
+    Arc::new(
+        IssuanceService::new(
+            Arc::clone(ca),
+            authority,
+            Arc::new(MemorySink::default()),
+            Arc::new(SystemClock),
+        )
+        .unwrap(),
+    )
+}
+
 /// Starts a rotator for `who` and waits for its first SVID.
 async fn svid(ca: &Arc<CaSet>, who: &str) -> watch::Receiver<Option<X509Material>> {
     let (tx, mut rx) = watch::channel(None);
     tokio::spawn(run_rotator(
-        Arc::clone(ca),
-        Arc::new(Placed),
+        service(ca, Arc::new(Placed)),
         MachineId::parse("node-1").unwrap(),
         id(who),
         Arc::new(SystemClock),
@@ -369,8 +382,7 @@ async fn a_ca_outage_is_survived_while_svids_last_and_recovered_from() {
     let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (tx, mut web) = watch::channel(None);
     tokio::spawn(run_rotator(
-        Arc::clone(&ca),
-        Arc::new(Switchable(Arc::clone(&down))),
+        service(&ca, Arc::new(Switchable(Arc::clone(&down)))),
         MachineId::parse("node-1").unwrap(),
         id(WEB),
         Arc::new(SystemClock),

@@ -16,10 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use ringfence_audit::MemorySink;
 use ringfence_core::{MachineId, SpiffeId, SystemClock, TrustDomain, UnixTime};
 use ringfence_identity::jwt::JwtIssuer;
 use ringfence_identity::workload_api::{JwtContext, WorkloadApi, run_rotator};
-use ringfence_identity::{Ca, CaSet, IssuanceAuthority, IssuanceAuthorization, pem_certificate};
+use ringfence_identity::{
+    Ca, CaSet, IssuanceAuthority, IssuanceAuthorization, IssuanceService, pem_certificate,
+};
 use tokio::sync::{oneshot, watch};
 
 const ID: &str = "spiffe://example.org/ns/prod/svc/web";
@@ -71,9 +74,17 @@ async fn serve(ttl: Duration) -> Server {
     let ca_pem = pem_certificate(ca.certificate_der());
     let ca = Arc::new(CaSet::new(Arc::try_unwrap(ca).unwrap()));
     let (tx, rx) = watch::channel(None);
+    let service = Arc::new(
+        IssuanceService::new(
+            ca,
+            Arc::new(Placed),
+            Arc::new(MemorySink::default()),
+            Arc::new(SystemClock),
+        )
+        .unwrap(),
+    );
     tokio::spawn(run_rotator(
-        ca,
-        Arc::new(Placed),
+        service,
         MachineId::parse("node-1").unwrap(),
         SpiffeId::parse(ID).unwrap(),
         Arc::new(SystemClock),
