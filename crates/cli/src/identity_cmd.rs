@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use ringfence_core::{Clock, MachineId, SpiffeId, SystemClock, TrustDomain, UnixTime};
 use ringfence_identity::jwt::{DEFAULT_JWT_TTL, JwtIssuer};
+use ringfence_identity::tls::split_der_certificates;
 use ringfence_identity::workload_api::{JwtContext, WorkloadApi, run_rotator};
 use ringfence_identity::{
     Ca, CaSet, IssuanceAuthority, IssuanceAuthorization, IssuanceService, pem_certificate,
@@ -38,6 +39,22 @@ pub enum IdentityCommand {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Issue an X.509-SVID for a CSR (bootstrap and tests), under the authorization given
+    /// here, recorded in the audit log; prints the certificate (PEM)
+    Issue {
+        /// The CSR (PEM or DER); its key must be ECDSA P-256
+        #[arg(long)]
+        csr: PathBuf,
+        /// The SPIFFE ID authorized (the CSR must ask for exactly this)
+        #[arg(long)]
+        spiffe_id: String,
+        /// The machine the SVID is for
+        #[arg(long, default_value = "local")]
+        machine: String,
+        /// SVID lifetime in seconds
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
     /// Print a certificate's SPIFFE ID, validity and whether this CA issued it
     Inspect {
         /// A PEM or DER certificate
@@ -57,8 +74,26 @@ pub enum CaCommand {
         #[arg(long, default_value_t = 365)]
         days: u64,
     },
-    /// Print the trust bundle (PEM)
+    /// Print the trust bundle (PEM): the active CA, a prepared next CA, and former CAs whose
+    /// SVIDs may still be valid
     Bundle,
+    /// Rotate the CA key with overlap: --prepare puts a new CA in the bundle without signing;
+    /// --activate (at least one SVID lifetime later) makes it sign
+    Rotate {
+        /// Step 1: make the next CA and publish it in the bundle
+        #[arg(
+            long,
+            conflicts_with = "activate",
+            required_unless_present = "activate"
+        )]
+        prepare: bool,
+        /// Step 2: the prepared CA starts signing; the old one stays trusted while its SVIDs live
+        #[arg(long)]
+        activate: bool,
+        /// Validity of a new root, in days
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
 }
 
 /// Runs an `identity` subcommand.
@@ -78,17 +113,74 @@ pub async fn run(cmd: IdentityCommand, settings: &Settings) -> Result<u8> {
                 SystemClock.now(),
                 Duration::from_secs(days.saturating_mul(86_400)),
             )?;
-            ca.save(&dir)
+            let cert_pem = pem_certificate(ca.certificate_der());
+            CaSet::new(ca)
+                .save(&dir)
                 .with_context(|| format!("cannot write the CA into {}", dir.display()))?;
             let jwt = JwtIssuer::generate(td.clone())?;
             write_secret_pem(&dir.join("jwt.key"), jwt.pkcs8())?;
             std::fs::write(dir.join("trust-domain"), format!("{td}\n"))?;
-            print!("{}", pem_certificate(ca.certificate_der()));
+            print!("{cert_pem}");
             Ok(exit::SUCCESS)
         }
         IdentityCommand::Ca(CaCommand::Bundle) => {
-            let ca = load_ca(&dir)?;
-            print!("{}", pem_certificate(ca.certificate_der()));
+            let set = load_set(&dir, Duration::from_secs(3600))?;
+            for cert in split_der_certificates(&set.bundle_der(SystemClock.now())) {
+                print!("{}", pem_certificate(cert.as_ref()));
+            }
+            Ok(exit::SUCCESS)
+        }
+        IdentityCommand::Ca(CaCommand::Rotate {
+            prepare,
+            activate,
+            days,
+        }) => {
+            let set = load_set(&dir, Duration::from_secs(3600))?;
+            let now = SystemClock.now();
+            if prepare {
+                set.prepare_next(now, Duration::from_secs(days.saturating_mul(86_400)))?;
+                eprintln!(
+                    "the next CA is in the trust bundle; run `ringfence identity ca rotate --activate` after at least one SVID lifetime"
+                );
+            } else if activate {
+                set.activate_next(now)?;
+                eprintln!(
+                    "the new CA signs from now on; the old one stays in the bundle until its SVIDs have expired"
+                );
+            }
+            set.save(&dir)?;
+            Ok(exit::SUCCESS)
+        }
+        IdentityCommand::Issue {
+            csr,
+            spiffe_id,
+            machine,
+            ttl,
+        } => {
+            let set = Arc::new(load_set(&dir, Duration::from_secs(ttl))?);
+            let raw =
+                std::fs::read(&csr).with_context(|| format!("cannot read {}", csr.display()))?;
+            let der = match pem::parse(&raw) {
+                Ok(p) => p.contents().to_vec(),
+                Err(_) => raw,
+            };
+            let machine = MachineId::parse(&machine).context("invalid --machine")?;
+            let authority = Arc::new(Given {
+                machine: machine.clone(),
+                spiffe_id: SpiffeId::parse(&spiffe_id).context("invalid --spiffe-id")?,
+            });
+            let audit = crate::audit_cmd::open_log(settings, &settings.data_dir.join("audit"))
+                .await
+                .context("issuance is recorded in the audit log")?;
+            let service = IssuanceService::new(
+                set,
+                authority,
+                Arc::new(audit.clone()),
+                Arc::new(SystemClock),
+            )?;
+            let svid = service.issue(&der, &machine).await?;
+            audit.publish_checkpoint().await?;
+            print!("{}", pem_certificate(&svid.cert_der));
             Ok(exit::SUCCESS)
         }
         IdentityCommand::WorkloadApi {
@@ -96,9 +188,7 @@ pub async fn run(cmd: IdentityCommand, settings: &Settings) -> Result<u8> {
             spiffe_id,
             ttl,
         } => {
-            let ca = Arc::new(CaSet::new(
-                load_ca(&dir)?.with_ttl(Duration::from_secs(ttl)),
-            ));
+            let ca = Arc::new(load_set(&dir, Duration::from_secs(ttl))?);
             let id = SpiffeId::parse(&spiffe_id).context("invalid --spiffe-id")?;
             let machine = MachineId::parse("local").context("machine id")?;
             let authority: Arc<dyn IssuanceAuthority> = Arc::new(Given {
@@ -153,20 +243,17 @@ struct Given {
 }
 
 impl IssuanceAuthority for Given {
+    // The authorization named on the command line, whatever was asked: the CA itself then
+    // refuses a CSR for another identity or a request from another machine, with its own
+    // precise messages.
     fn authorize(
         &self,
-        machine: &MachineId,
-        spiffe_id: &SpiffeId,
+        _machine: &MachineId,
+        _spiffe_id: &SpiffeId,
     ) -> Result<IssuanceAuthorization, String> {
-        if machine != &self.machine || spiffe_id != &self.spiffe_id {
-            return Err(format!(
-                "this socket is authorized for {} only",
-                self.spiffe_id
-            ));
-        }
         Ok(IssuanceAuthorization {
-            spiffe_id: spiffe_id.clone(),
-            machine: machine.clone(),
+            spiffe_id: self.spiffe_id.clone(),
+            machine: self.machine.clone(),
             not_after: UnixTime::from_millis(u64::MAX),
         })
     }
@@ -210,15 +297,18 @@ fn load_jwt(dir: &Path, td: TrustDomain) -> Result<JwtIssuer> {
     Ok(JwtIssuer::from_pkcs8(td, parsed.contents())?)
 }
 
-fn load_ca(dir: &Path) -> Result<Ca> {
+fn trust_domain(dir: &Path) -> Result<TrustDomain> {
     let td_text = std::fs::read_to_string(dir.join("trust-domain")).with_context(|| {
         format!(
             "no CA in {}: run `ringfence identity ca init --trust-domain ...`",
             dir.display()
         )
     })?;
-    let td = TrustDomain::parse(td_text.trim()).context("invalid trust-domain file")?;
-    Ok(Ca::load(dir, td)?)
+    TrustDomain::parse(td_text.trim()).context("invalid trust-domain file")
+}
+
+fn load_set(dir: &Path, ttl: Duration) -> Result<CaSet> {
+    Ok(CaSet::load(dir, trust_domain(dir)?, ttl)?)
 }
 
 fn inspect(dir: &Path, path: &Path) -> Result<u8> {
@@ -242,11 +332,15 @@ fn inspect(dir: &Path, path: &Path) -> Result<u8> {
     println!("serial:     {}", cert.raw_serial_as_string());
     println!("not before: {}", cert.validity().not_before);
     println!("not after:  {}", cert.validity().not_after);
-    let status = match load_ca(dir) {
-        Ok(ca) => {
-            let (_, ca_cert) = X509Certificate::from_der(ca.certificate_der())
-                .map_err(|e| anyhow::anyhow!("CA certificate: {e}"))?;
-            let signed = cert.verify_signature(Some(ca_cert.public_key())).is_ok();
+    let status = match load_set(dir, Duration::from_secs(3600)) {
+        Ok(set) => {
+            // Issued by any CA in the trust bundle (active, next or still-trusted former).
+            let bundle = split_der_certificates(&set.bundle_der(SystemClock.now()));
+            let signed = bundle.iter().any(|ca| {
+                X509Certificate::from_der(ca.as_ref())
+                    .map(|(_, c)| cert.verify_signature(Some(c.public_key())).is_ok())
+                    .unwrap_or(false)
+            });
             let now = i64::try_from(SystemClock.now().as_secs()).unwrap_or(i64::MAX);
             let valid = cert.validity().not_before.timestamp() <= now
                 && now < cert.validity().not_after.timestamp();

@@ -202,3 +202,147 @@ fn a_ca_key_readable_by_others_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("readable by other users"), "{err}");
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn certs_in(pem: &[u8]) -> usize {
+    String::from_utf8_lossy(pem)
+        .matches("BEGIN CERTIFICATE")
+        .count()
+}
+
+#[test]
+fn issue_and_rotate_the_ca_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(
+        rf(
+            d,
+            &["identity", "ca", "init", "--trust-domain", "example.org"]
+        )
+        .status
+        .success()
+    );
+    assert!(
+        rf(d, &["audit", "init", "--origin", "example.org/audit"])
+            .status
+            .success()
+    );
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "key.pem",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "key.pem",
+            "-subj",
+            "/CN=web",
+            "-addext",
+            &format!("subjectAltName=URI:{ID}"),
+            "-out",
+            "csr.pem",
+        ],
+    );
+
+    let issued = rf(
+        d,
+        &["identity", "issue", "--csr", "csr.pem", "--spiffe-id", ID],
+    );
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    std::fs::write(d.join("old-svid.pem"), &issued.stdout).unwrap();
+
+    // Under an authorization for another identity, the same CSR is refused (and audited).
+    let refused = rf(
+        d,
+        &[
+            "identity",
+            "issue",
+            "--csr",
+            "csr.pem",
+            "--spiffe-id",
+            "spiffe://example.org/ns/prod/svc/db",
+        ],
+    );
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains(&format!(
+            "the CSR asks for {ID} but the authorization is for spiffe://example.org/ns/prod/svc/db"
+        )),
+        "{err}"
+    );
+    let denials = rf(
+        d,
+        &[
+            "audit",
+            "query",
+            "--action",
+            "identity.issue",
+            "--decision",
+            "deny",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&denials.stdout).lines().count(), 1);
+
+    // Rotation: activate before prepare is refused; prepare adds the next CA to the bundle.
+    let early = rf(d, &["identity", "ca", "rotate", "--activate"]);
+    assert!(String::from_utf8_lossy(&early.stderr).contains("no next CA prepared"));
+    assert_eq!(certs_in(&rf(d, &["identity", "ca", "bundle"]).stdout), 1);
+    assert!(
+        rf(d, &["identity", "ca", "rotate", "--prepare"])
+            .status
+            .success()
+    );
+    assert_eq!(certs_in(&rf(d, &["identity", "ca", "bundle"]).stdout), 2);
+    assert!(
+        rf(d, &["identity", "ca", "rotate", "--activate"])
+            .status
+            .success()
+    );
+    let bundle = rf(d, &["identity", "ca", "bundle"]).stdout;
+    assert_eq!(
+        certs_in(&bundle),
+        2,
+        "the old CA stays while its SVIDs live"
+    );
+    std::fs::write(d.join("bundle.pem"), &bundle).unwrap();
+
+    // Both the old SVID and one from the new CA verify against the bundle.
+    let new = rf(
+        d,
+        &["identity", "issue", "--csr", "csr.pem", "--spiffe-id", ID],
+    );
+    std::fs::write(d.join("new-svid.pem"), &new.stdout).unwrap();
+    openssl(d, &["verify", "-CAfile", "bundle.pem", "old-svid.pem"]);
+    openssl(d, &["verify", "-CAfile", "bundle.pem", "new-svid.pem"]);
+    let old_issuer = rf(d, &["identity", "inspect", "old-svid.pem"]);
+    assert!(String::from_utf8_lossy(&old_issuer.stdout).contains("valid, issued by this CA"));
+    assert!(rf(d, &["audit", "verify"]).status.success());
+}

@@ -147,44 +147,37 @@ impl Ca {
         })
     }
 
-    /// Writes the CA key (PKCS#8 PEM, mode 0600) and certificate (PEM) into `dir`.
-    pub fn save(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::create_dir_all(dir)?;
-        let mut key = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dir.join("ca.key"))?;
-        key.write_all(self.issuer.key().serialize_pem().as_bytes())?;
-        key.sync_all()?;
-        std::fs::write(dir.join("ca.pem"), pem_certificate(&self.cert_der))?;
-        Ok(())
+    /// Writes the CA into `dir` under `name`: the key through a [`SoftwareKeyFile`]
+    /// (`<name>.key`, PKCS#8 PEM, mode 0600) and the certificate as `<name>.pem`. Existing
+    /// files are replaced atomically.
+    pub fn save(&self, dir: &std::path::Path, name: &str) -> Result<(), IssueError> {
+        SoftwareKeyFile::new(dir.join(format!("{name}.key"))).store_key(self.issuer.key())?;
+        write_atomically(
+            &dir.join(format!("{name}.pem")),
+            pem_certificate(&self.cert_der).as_bytes(),
+            0o644,
+        )
     }
 
-    /// Loads a CA saved with [`Ca::save`]; refuses a key file readable by others.
-    pub fn load(dir: &std::path::Path, trust_domain: TrustDomain) -> Result<Self, IssueError> {
-        use std::os::unix::fs::PermissionsExt;
-        let key_path = dir.join("ca.key");
-        let io = |e: std::io::Error, what: &std::path::Path| {
-            IssueError::Signing(format!("{}: {e}", what.display()))
-        };
-        let mode = std::fs::metadata(&key_path)
-            .map_err(|e| io(e, &key_path))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(IssueError::Signing(format!(
-                "{} is readable by other users (mode {:o}): run `chmod 600` on it",
-                key_path.display(),
-                mode & 0o777
-            )));
-        }
-        let key_pem = std::fs::read_to_string(&key_path).map_err(|e| io(e, &key_path))?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| IssueError::Signing(e.to_string()))?;
-        let cert_path = dir.join("ca.pem");
-        let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| io(e, &cert_path))?;
+    /// Loads a CA saved with [`Ca::save`].
+    pub fn load(
+        dir: &std::path::Path,
+        name: &str,
+        trust_domain: TrustDomain,
+    ) -> Result<Self, IssueError> {
+        let key = SoftwareKeyFile::new(dir.join(format!("{name}.key")));
+        Self::load_with(&key, &dir.join(format!("{name}.pem")), trust_domain)
+    }
+
+    /// Loads a CA whose key comes from `keys` and whose certificate is at `cert_path`.
+    pub fn load_with(
+        keys: &dyn CaKeyProvider,
+        cert_path: &std::path::Path,
+        trust_domain: TrustDomain,
+    ) -> Result<Self, IssueError> {
+        let key = keys.load_key()?;
+        let cert_pem = std::fs::read_to_string(cert_path)
+            .map_err(|e| IssueError::Signing(format!("{}: {e}", cert_path.display())))?;
         let parsed = pem::parse(cert_pem.as_bytes())
             .map_err(|e| IssueError::Signing(format!("{}: {e}", cert_path.display())))?;
         let cert_der = rustls_pki_types::CertificateDer::from(parsed.contents().to_vec());
@@ -287,6 +280,80 @@ impl Ca {
             serial: serial_hex,
         })
     }
+}
+
+/// Where a CA's private key lives. Software key files now; a TPM or HSM provider later
+/// implements the same trait.
+pub trait CaKeyProvider: Send + Sync {
+    /// Loads the key.
+    fn load_key(&self) -> Result<KeyPair, IssueError>;
+    /// Stores a new key.
+    fn store_key(&self, key: &KeyPair) -> Result<(), IssueError>;
+}
+
+/// A PKCS#8 PEM key file readable only by its owner (mode 0600); a file readable by others
+/// is refused.
+#[derive(Debug, Clone)]
+pub struct SoftwareKeyFile {
+    path: std::path::PathBuf,
+}
+
+impl SoftwareKeyFile {
+    /// The key file at `path`.
+    pub fn new(path: std::path::PathBuf) -> Self {
+        Self { path }
+    }
+}
+
+impl CaKeyProvider for SoftwareKeyFile {
+    fn load_key(&self) -> Result<KeyPair, IssueError> {
+        use std::os::unix::fs::PermissionsExt;
+        let err = |e: std::io::Error| IssueError::Signing(format!("{}: {e}", self.path.display()));
+        let mode = std::fs::metadata(&self.path)
+            .map_err(err)?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(IssueError::Signing(format!(
+                "{} is readable by other users (mode {:o}): run `chmod 600` on it",
+                self.path.display(),
+                mode & 0o777
+            )));
+        }
+        let pem = std::fs::read_to_string(&self.path).map_err(err)?;
+        KeyPair::from_pem(&pem)
+            .map_err(|e| IssueError::Signing(format!("{}: {e}", self.path.display())))
+    }
+
+    fn store_key(&self, key: &KeyPair) -> Result<(), IssueError> {
+        write_atomically(&self.path, key.serialize_pem().as_bytes(), 0o600)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file with `mode`, fsync and rename.
+pub(crate) fn write_atomically(
+    path: &std::path::Path,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<(), IssueError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |e: std::io::Error| IssueError::Signing(format!("{}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    Ok(())
 }
 
 /// A DER certificate as PEM.

@@ -99,6 +99,75 @@ impl CaSet {
         out
     }
 
+    /// Writes the set into `dir`: `ca.key`/`ca.pem` (active), `next.key`/`next.pem` (prepared,
+    /// if any) and `retiring.json` (former CA certificates and until when they stay trusted).
+    pub fn save(&self, dir: &std::path::Path) -> Result<(), IssueError> {
+        let state = self.read();
+        state.active.save(dir, "ca")?;
+        match &state.next {
+            Some(next) => next.save(dir, "next")?,
+            None => {
+                for f in ["next.key", "next.pem"] {
+                    match std::fs::remove_file(dir.join(f)) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(IssueError::Signing(format!("{f}: {e}"))),
+                    }
+                }
+            }
+        }
+        let retiring: Vec<serde_json::Value> = state
+            .retiring
+            .iter()
+            .map(|(cert, until)| serde_json::json!({ "cert_pem": crate::ca::pem_certificate(cert), "until_ms": until.as_millis() }))
+            .collect();
+        let json =
+            serde_json::to_vec_pretty(&retiring).map_err(|e| IssueError::Signing(e.to_string()))?;
+        crate::ca::write_atomically(&dir.join("retiring.json"), &json, 0o644)
+    }
+
+    /// Loads a set saved with [`CaSet::save`], every CA issuing with `ttl`.
+    pub fn load(
+        dir: &std::path::Path,
+        trust_domain: TrustDomain,
+        ttl: Duration,
+    ) -> Result<Self, IssueError> {
+        let active = Ca::load(dir, "ca", trust_domain.clone())?.with_ttl(ttl);
+        let next = if dir.join("next.key").exists() {
+            Some(Arc::new(
+                Ca::load(dir, "next", trust_domain.clone())?.with_ttl(ttl),
+            ))
+        } else {
+            None
+        };
+        let mut retiring = Vec::new();
+        if let Ok(text) = std::fs::read(dir.join("retiring.json")) {
+            let entries: Vec<serde_json::Value> = serde_json::from_slice(&text)
+                .map_err(|e| IssueError::Signing(format!("retiring.json: {e}")))?;
+            for e in entries {
+                let pem_text = e
+                    .get("cert_pem")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default();
+                let until = e
+                    .get("until_ms")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or_default();
+                let parsed = pem::parse(pem_text)
+                    .map_err(|e| IssueError::Signing(format!("retiring.json: {e}")))?;
+                retiring.push((parsed.contents().to_vec(), UnixTime::from_millis(until)));
+            }
+        }
+        Ok(Self {
+            trust_domain,
+            state: RwLock::new(State {
+                active: Arc::new(active),
+                next,
+                retiring,
+            }),
+        })
+    }
+
     /// Step 1: makes the next CA and puts it in the bundle (it does not sign yet).
     pub fn prepare_next(&self, now: UnixTime, validity: Duration) -> Result<(), IssueError> {
         let ttl = self.active().ttl();
