@@ -300,12 +300,21 @@ pub async fn run_rotator(
                 retry
             }
         };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = out.closed() => return,
+        // Wait on the Clock, not on the runtime's timer: renewals follow the same time the
+        // certificates are issued and checked with (a manual clock in tests).
+        let deadline = clock.now().saturating_add(wait);
+        while clock.now() < deadline {
+            let step = deadline.since(clock.now()).min(CLOCK_POLL);
+            tokio::select! {
+                () = tokio::time::sleep(step) => {}
+                () = out.closed() => return,
+            }
         }
     }
 }
+
+/// How often a waiting rotator looks at its clock.
+const CLOCK_POLL: Duration = Duration::from_millis(100);
 
 /// One issuance: a fresh key, a CSR, an SVID.
 pub async fn obtain(
