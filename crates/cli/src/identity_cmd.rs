@@ -13,7 +13,8 @@ use ringfence_identity::jwt::{DEFAULT_JWT_TTL, JwtIssuer};
 use ringfence_identity::tls::split_der_certificates;
 use ringfence_identity::workload_api::{JwtContext, WorkloadApi, run_rotator};
 use ringfence_identity::{
-    Ca, CaSet, IssuanceAuthority, IssuanceAuthorization, IssuanceService, pem_certificate,
+    Ca, CaSet, IssuanceAuthority, IssuanceAuthorization, IssuanceService, SoftwareKeyFile,
+    pem_certificate,
 };
 use tokio::sync::watch;
 
@@ -65,14 +66,24 @@ pub enum IdentityCommand {
 /// `identity ca`.
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
-    /// Create the CA (P-256 root) for a trust domain
+    /// Create the CA for a trust domain: a new P-256 root, or an intermediate under an
+    /// upstream root given as files
     Init {
         /// The trust domain, e.g. example.org
         #[arg(long)]
         trust_domain: String,
-        /// Validity of the root, in days
+        /// Validity of a new root, in days
         #[arg(long, default_value_t = 365)]
         days: u64,
+        /// An intermediate CA certificate (PEM) signed by the upstream root
+        #[arg(long, requires_all = ["intermediate_key", "upstream_bundle"])]
+        intermediate_cert: Option<PathBuf>,
+        /// The intermediate's private key (PKCS#8 PEM, mode 0600)
+        #[arg(long, requires = "intermediate_cert")]
+        intermediate_key: Option<PathBuf>,
+        /// The upstream root certificate(s) (PEM): the trust bundle
+        #[arg(long, requires = "intermediate_cert")]
+        upstream_bundle: Option<PathBuf>,
     },
     /// Print the trust bundle (PEM): the active CA, a prepared next CA, and former CAs whose
     /// SVIDs may still be valid
@@ -100,7 +111,13 @@ pub enum CaCommand {
 pub async fn run(cmd: IdentityCommand, settings: &Settings) -> Result<u8> {
     let dir = settings.data_dir.join("identity");
     match cmd {
-        IdentityCommand::Ca(CaCommand::Init { trust_domain, days }) => {
+        IdentityCommand::Ca(CaCommand::Init {
+            trust_domain,
+            days,
+            intermediate_cert,
+            intermediate_key,
+            upstream_bundle,
+        }) => {
             if dir.join("ca.key").exists() {
                 bail!(
                     "{} already exists: this data dir has a CA",
@@ -108,12 +125,24 @@ pub async fn run(cmd: IdentityCommand, settings: &Settings) -> Result<u8> {
                 );
             }
             let td = TrustDomain::parse(&trust_domain).context("invalid --trust-domain")?;
-            let ca = Ca::generate(
-                td.clone(),
-                SystemClock.now(),
-                Duration::from_secs(days.saturating_mul(86_400)),
-            )?;
-            let cert_pem = pem_certificate(ca.certificate_der());
+            let ca = match (intermediate_cert, intermediate_key, upstream_bundle) {
+                (Some(cert), Some(key), Some(upstream)) => {
+                    Ca::load_intermediate(&SoftwareKeyFile::new(key), &cert, &upstream, td.clone())
+                        .context(
+                            "the intermediate CA files do not form a CA under the upstream root",
+                        )?
+                }
+                _ => Ca::generate(
+                    td.clone(),
+                    SystemClock.now(),
+                    Duration::from_secs(days.saturating_mul(86_400)),
+                )?,
+            };
+            let cert_pem: String = ca
+                .trust_anchors()
+                .iter()
+                .map(|c| pem_certificate(c))
+                .collect();
             CaSet::new(ca)
                 .save(&dir)
                 .with_context(|| format!("cannot write the CA into {}", dir.display()))?;
@@ -268,7 +297,9 @@ fn write_secret_pem(path: &Path, pkcs8: &[u8]) -> Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.to_vec())).as_bytes())?;
+    f.write_all(
+        ringfence_identity::pem_lf(&pem::Pem::new("PRIVATE KEY", pkcs8.to_vec())).as_bytes(),
+    )?;
     f.sync_all()?;
     Ok(())
 }

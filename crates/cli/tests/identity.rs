@@ -346,3 +346,176 @@ fn issue_and_rotate_the_ca_from_the_command_line() {
     assert!(String::from_utf8_lossy(&old_issuer.stdout).contains("valid, issued by this CA"));
     assert!(rf(d, &["audit", "verify"]).status.success());
 }
+
+#[test]
+fn a_ca_can_be_an_intermediate_under_an_upstream_root_made_by_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "root.key",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "root.key",
+            "-subj",
+            "/CN=Upstream Root",
+            "-days",
+            "2",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            "root.pem",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "inter.key",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "inter.key",
+            "-subj",
+            "/CN=Ringfence intermediate",
+            "-out",
+            "inter.csr",
+        ],
+    );
+    std::fs::write(d.join("ext.cnf"), "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectAltName=URI:spiffe://example.org\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "inter.csr",
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "inter.pem",
+        ],
+    );
+    std::fs::set_permissions(
+        d.join("inter.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+
+    let init = rf(
+        d,
+        &[
+            "identity",
+            "ca",
+            "init",
+            "--trust-domain",
+            "example.org",
+            "--intermediate-cert",
+            "inter.pem",
+            "--intermediate-key",
+            "inter.key",
+            "--upstream-bundle",
+            "root.pem",
+        ],
+    );
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&init.stdout),
+        std::fs::read_to_string(d.join("root.pem")).unwrap(),
+        "the bundle is the upstream root"
+    );
+    assert!(
+        rf(d, &["audit", "init", "--origin", "example.org/audit"])
+            .status
+            .success()
+    );
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "key.pem",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "key.pem",
+            "-subj",
+            "/CN=web",
+            "-addext",
+            &format!("subjectAltName=URI:{ID}"),
+            "-out",
+            "csr.pem",
+        ],
+    );
+    let issued = rf(
+        d,
+        &["identity", "issue", "--csr", "csr.pem", "--spiffe-id", ID],
+    );
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    std::fs::write(d.join("svid.pem"), &issued.stdout).unwrap();
+    openssl(
+        d,
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "inter.pem",
+            "svid.pem",
+        ],
+    );
+
+    // Rotation of an intermediate is the upstream's job: refused with what to do.
+    let rotate = rf(d, &["identity", "ca", "rotate", "--prepare"]);
+    assert!(String::from_utf8_lossy(&rotate.stderr).contains("installing a new intermediate"));
+}

@@ -90,6 +90,8 @@ pub struct Ca {
     trust_domain: TrustDomain,
     issuer: Issuer<'static, KeyPair>,
     cert_der: Vec<u8>,
+    /// When this CA is an intermediate: the upstream root certificates (the trust bundle).
+    upstream: Vec<Vec<u8>>,
     ttl: Duration,
 }
 
@@ -109,6 +111,8 @@ pub struct Svid {
     pub spiffe_id: SpiffeId,
     /// DER certificate.
     pub cert_der: Vec<u8>,
+    /// Certificates between it and the trust bundle (the intermediate CA, if any), DER.
+    pub intermediates: Vec<Vec<u8>>,
     /// Validity end.
     pub not_after: UnixTime,
     /// Serial number, hex.
@@ -142,6 +146,7 @@ impl Ca {
         Ok(Self {
             trust_domain,
             cert_der: cert.der().to_vec(),
+            upstream: Vec::new(),
             issuer: Issuer::new(params, key),
             ttl: DEFAULT_SVID_TTL,
         })
@@ -156,7 +161,15 @@ impl Ca {
             &dir.join(format!("{name}.pem")),
             pem_certificate(&self.cert_der).as_bytes(),
             0o644,
-        )
+        )?;
+        let upstream_path = dir.join(format!("{name}.upstream.pem"));
+        if self.upstream.is_empty() {
+            let _ = std::fs::remove_file(&upstream_path);
+            Ok(())
+        } else {
+            let pems: String = self.upstream.iter().map(|c| pem_certificate(c)).collect();
+            write_atomically(&upstream_path, pems.as_bytes(), 0o644)
+        }
     }
 
     /// Loads a CA saved with [`Ca::save`].
@@ -166,7 +179,17 @@ impl Ca {
         trust_domain: TrustDomain,
     ) -> Result<Self, IssueError> {
         let key = SoftwareKeyFile::new(dir.join(format!("{name}.key")));
-        Self::load_with(&key, &dir.join(format!("{name}.pem")), trust_domain)
+        let upstream = dir.join(format!("{name}.upstream.pem"));
+        if upstream.exists() {
+            Self::load_intermediate(
+                &key,
+                &dir.join(format!("{name}.pem")),
+                &upstream,
+                trust_domain,
+            )
+        } else {
+            Self::load_with(&key, &dir.join(format!("{name}.pem")), trust_domain)
+        }
     }
 
     /// Loads a CA whose key comes from `keys` and whose certificate is at `cert_path`.
@@ -187,8 +210,68 @@ impl Ca {
             trust_domain,
             issuer,
             cert_der: cert_der.to_vec(),
+            upstream: Vec::new(),
             ttl: DEFAULT_SVID_TTL,
         })
+    }
+
+    /// An intermediate CA under an upstream root: its key from `keys`, its certificate (signed
+    /// by the upstream) at `cert_path`, and the upstream root certificates (PEM, the trust
+    /// bundle) at `upstream_path`. Its SVIDs carry the intermediate in their chain.
+    pub fn load_intermediate(
+        keys: &dyn CaKeyProvider,
+        cert_path: &std::path::Path,
+        upstream_path: &std::path::Path,
+        trust_domain: TrustDomain,
+    ) -> Result<Self, IssueError> {
+        let mut ca = Self::load_with(keys, cert_path, trust_domain)?;
+        let text = std::fs::read(upstream_path)
+            .map_err(|e| IssueError::Signing(format!("{}: {e}", upstream_path.display())))?;
+        ca.upstream = pem::parse_many(text)
+            .map_err(|e| IssueError::Signing(format!("{}: {e}", upstream_path.display())))?
+            .into_iter()
+            .filter(|p| p.tag() == "CERTIFICATE")
+            .map(|p| p.contents().to_vec())
+            .collect();
+        if ca.upstream.is_empty() {
+            return Err(IssueError::Signing(format!(
+                "{} holds no certificate",
+                upstream_path.display()
+            )));
+        }
+        // The intermediate must chain to the upstream: check its signature now, not at the
+        // first handshake.
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, own) = X509Certificate::from_der(&ca.cert_der)
+            .map_err(|e| IssueError::Signing(e.to_string()))?;
+        let signed = ca.upstream.iter().any(|root| {
+            X509Certificate::from_der(root)
+                .map(|(_, r)| own.verify_signature(Some(r.public_key())).is_ok())
+                .unwrap_or(false)
+        });
+        if !signed {
+            return Err(IssueError::Signing(format!(
+                "{} is not signed by any certificate in {}",
+                cert_path.display(),
+                upstream_path.display()
+            )));
+        }
+        Ok(ca)
+    }
+
+    /// True when this CA is an intermediate under an upstream root.
+    pub fn is_intermediate(&self) -> bool {
+        !self.upstream.is_empty()
+    }
+
+    /// The certificates relying parties must trust for this CA's SVIDs: the upstream roots,
+    /// or this CA's own certificate when it is a root.
+    pub fn trust_anchors(&self) -> Vec<Vec<u8>> {
+        if self.upstream.is_empty() {
+            vec![self.cert_der.clone()]
+        } else {
+            self.upstream.clone()
+        }
     }
 
     /// Sets the SVID lifetime.
@@ -276,6 +359,11 @@ impl Ca {
         Ok(Svid {
             spiffe_id: requested,
             cert_der: cert.der().to_vec(),
+            intermediates: if self.upstream.is_empty() {
+                vec![]
+            } else {
+                vec![self.cert_der.clone()]
+            },
             not_after,
             serial: serial_hex,
         })
@@ -358,7 +446,15 @@ pub(crate) fn write_atomically(
 
 /// A DER certificate as PEM.
 pub fn pem_certificate(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+    pem_lf(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+/// PEM with Unix line endings (the `pem` crate defaults to CRLF).
+pub fn pem_lf(p: &pem::Pem) -> String {
+    pem::encode_config(
+        p,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 fn uri_san(uri: &str) -> Result<SanType, IssueError> {

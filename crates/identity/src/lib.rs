@@ -14,8 +14,8 @@ pub mod tls;
 pub mod workload_api;
 
 pub use ca::{
-    Ca, DEFAULT_SVID_TTL, IssuanceAuthority, IssuanceAuthorization, IssueError, Svid,
-    pem_certificate,
+    Ca, CaKeyProvider, DEFAULT_SVID_TTL, IssuanceAuthority, IssuanceAuthorization, IssueError,
+    SoftwareKeyFile, Svid, pem_certificate, pem_lf,
 };
 pub use csr::{CsrError, MAX_CSR_LEN, VerifiedCsr, parse_csr};
 pub use rotation::CaSet;

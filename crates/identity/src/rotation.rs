@@ -87,13 +87,20 @@ impl CaSet {
     /// concatenated DER.
     pub fn bundle_der(&self, now: UnixTime) -> Vec<u8> {
         let state = self.read();
-        let mut out = state.active.certificate_der().to_vec();
+        let mut anchors: Vec<Vec<u8>> = state.active.trust_anchors();
         if let Some(next) = &state.next {
-            out.extend_from_slice(next.certificate_der());
+            anchors.extend(next.trust_anchors());
         }
         for (cert, until) in &state.retiring {
             if *until > now {
-                out.extend_from_slice(cert);
+                anchors.push(cert.clone());
+            }
+        }
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for a in anchors {
+            if seen.insert(a.clone()) {
+                out.extend_from_slice(&a);
             }
         }
         out
@@ -170,6 +177,11 @@ impl CaSet {
 
     /// Step 1: makes the next CA and puts it in the bundle (it does not sign yet).
     pub fn prepare_next(&self, now: UnixTime, validity: Duration) -> Result<(), IssueError> {
+        if self.active().is_intermediate() {
+            return Err(IssueError::Signing(
+                "this CA is an intermediate under an upstream root: rotate it by installing a new intermediate from the upstream".into(),
+            ));
+        }
         let ttl = self.active().ttl();
         let next = Ca::generate(self.trust_domain.clone(), now, validity)?.with_ttl(ttl);
         self.write().next = Some(Arc::new(next));
@@ -189,7 +201,9 @@ impl CaSet {
         let until = now
             .saturating_add(old.ttl())
             .saturating_add(Duration::from_secs(60));
-        state.retiring.push((old.certificate_der().to_vec(), until));
+        for anchor in old.trust_anchors() {
+            state.retiring.push((anchor, until));
+        }
         state.retiring.retain(|(_, u)| *u > now);
         Ok(())
     }

@@ -73,7 +73,10 @@ impl SvidResolver {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(m.key_pkcs8_der));
         let signing = self.provider.key_provider.load_private_key(key).ok()?;
         Some(Arc::new(CertifiedKey::new(
-            vec![CertificateDer::from(m.cert_der)],
+            std::iter::once(m.cert_der)
+                .chain(m.intermediates)
+                .map(CertificateDer::from)
+                .collect(),
             signing,
         )))
     }

@@ -54,6 +54,8 @@ pub struct X509Material {
     pub spiffe_id: SpiffeId,
     /// The SVID certificate, DER.
     pub cert_der: Vec<u8>,
+    /// Certificates between it and the bundle (an intermediate CA), DER.
+    pub intermediates: Vec<Vec<u8>>,
     /// Its private key, PKCS#8 DER.
     pub key_pkcs8_der: Vec<u8>,
     /// The trust bundle: CA certificates, concatenated DER.
@@ -73,6 +75,18 @@ pub struct JwtContext {
     pub ttl: Duration,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+}
+
+impl X509Material {
+    /// The SVID and its intermediates, concatenated DER (leaf first), as the Workload API
+    /// sends them.
+    pub fn chain_der(&self) -> Vec<u8> {
+        let mut out = self.cert_der.clone();
+        for c in &self.intermediates {
+            out.extend_from_slice(c);
+        }
+        out
+    }
 }
 
 /// The Workload API service for one workload.
@@ -147,7 +161,7 @@ fn svid_response(m: &X509Material) -> pb::X509svidResponse {
     pb::X509svidResponse {
         svids: vec![pb::X509svid {
             spiffe_id: m.spiffe_id.to_string(),
-            x509_svid: m.cert_der.clone(),
+            x509_svid: m.chain_der(),
             x509_svid_key: m.key_pkcs8_der.clone(),
             bundle: m.bundle_der.clone(),
             hint: String::new(),
@@ -337,6 +351,7 @@ pub async fn obtain(
         X509Material {
             spiffe_id: svid.spiffe_id,
             cert_der: svid.cert_der,
+            intermediates: svid.intermediates,
             key_pkcs8_der: key.serialize_der(),
             bundle_der: ca.bundle_der(now),
             trust_domain: ca.trust_domain().clone(),

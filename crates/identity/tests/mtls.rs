@@ -12,6 +12,7 @@
 )] // test code: a panic is a failure report
 
 use std::collections::HashSet;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -504,5 +505,128 @@ async fn a_ca_outage_is_survived_while_svids_last_and_recovered_from() {
             .filter(|(t, _)| *t > first_ok)
             .all(|(_, r)| r.is_ok()),
         "{back:?}"
+    );
+}
+
+/// An upstream root and an intermediate for example.org signed by it, as files in `dir`.
+fn upstream_files(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let root_key = KeyPair::generate().unwrap();
+    let mut root = CertificateParams::new(Vec::<String>::new()).unwrap();
+    root.distinguished_name
+        .push(DnType::CommonName, "Upstream Root");
+    root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    root.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let root_cert = root.self_signed(&root_key).unwrap();
+    let root_issuer = Issuer::new(root, root_key);
+    let inter_key = KeyPair::generate().unwrap();
+    let mut inter = CertificateParams::new(Vec::<String>::new()).unwrap();
+    inter
+        .distinguished_name
+        .push(DnType::CommonName, "Ringfence intermediate");
+    inter.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    inter.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    inter.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://example.org".try_into().unwrap(),
+    )];
+    let inter_cert = inter.signed_by(&inter_key, &root_issuer).unwrap();
+    let (key, cert, upstream) = (
+        dir.join("inter.key"),
+        dir.join("inter.pem"),
+        dir.join("upstream.pem"),
+    );
+    std::fs::write(&key, inter_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(&cert, inter_cert.pem()).unwrap();
+    std::fs::write(&upstream, root_cert.pem()).unwrap();
+    (key, cert, upstream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intermediate_under_an_upstream_root_issues_chains_that_verify() {
+    use ringfence_identity::SoftwareKeyFile;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert, upstream) = upstream_files(dir.path());
+    let td = TrustDomain::parse("example.org").unwrap();
+    let ca = Ca::load_intermediate(
+        &SoftwareKeyFile::new(key.clone()),
+        &cert,
+        &upstream,
+        td.clone(),
+    )
+    .unwrap();
+    assert!(ca.is_intermediate());
+    let set = Arc::new(CaSet::new(ca.with_ttl(Duration::from_secs(3600))));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    assert_eq!(
+        set.bundle_der(clock.now()),
+        pem::parse(std::fs::read(&upstream).unwrap())
+            .unwrap()
+            .contents(),
+        "the bundle is the upstream root"
+    );
+    assert!(
+        set.prepare_next(clock.now(), Duration::from_secs(86_400))
+            .unwrap_err()
+            .to_string()
+            .contains("installing a new intermediate")
+    );
+
+    let (web, api) = (svid(&set, WEB, &clock).await, svid(&set, API, &clock).await);
+    let material = web.borrow().clone().unwrap();
+    assert_eq!(
+        material.intermediates.len(),
+        1,
+        "the SVID chain carries the intermediate"
+    );
+    std::fs::write(
+        dir.path().join("svid.pem"),
+        ringfence_identity::pem_certificate(&material.cert_der),
+    )
+    .unwrap();
+    let verify = |extra: &[&str]| {
+        Command::new("openssl")
+            .current_dir(dir.path())
+            .args(["verify", "-CAfile", "upstream.pem"])
+            .args(extra)
+            .arg("svid.pem")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(
+        verify(&["-untrusted", "inter.pem"]),
+        "openssl verifies leaf + intermediate against the upstream root"
+    );
+    assert!(!verify(&[]), "and not without the intermediate");
+
+    let addr = echo_server(web, PeerPolicy::OneOf(vec![id(API)]), Arc::clone(&clock)).await;
+    let (seen, _) = call(
+        addr,
+        api,
+        PeerPolicy::OneOf(vec![id(WEB)]),
+        Arc::clone(&clock),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        seen, API,
+        "mTLS through the intermediate, trusting only the upstream root"
+    );
+
+    // An intermediate that the given upstream did not sign is refused when loaded.
+    let other = tempfile::tempdir().unwrap();
+    let (_, _, other_root) = upstream_files(other.path());
+    let err =
+        Ca::load_intermediate(&SoftwareKeyFile::new(key), &cert, &other_root, td).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is not signed by any certificate in"),
+        "{err}"
     );
 }
