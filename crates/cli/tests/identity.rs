@@ -77,10 +77,6 @@ fn a_workload_gets_x509_and_jwt_svids_from_the_cli_served_socket() {
     }
     let script = format!(
         r#"
-import grpc
-_channel = grpc.insecure_channel
-# Known gap (docs/identity.md): gRPC core sends a percent-encoded :authority for unix sockets.
-grpc.insecure_channel = lambda target, options=None, **kw: _channel(target, options=list(options or []) + [("grpc.default_authority", "localhost")], **kw)
 from spiffe import WorkloadApiClient
 from cryptography.hazmat.primitives.serialization import Encoding
 c = WorkloadApiClient(socket_path="unix://{socket}")

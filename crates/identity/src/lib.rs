@@ -5,6 +5,7 @@
 //! This is the pure core of the identity work: CA, SVID profile, CSR checks, authorization.
 //! Rotation, JWT-SVIDs, the Workload API server and audit wiring build on it.
 
+mod authority_fix;
 mod ca;
 mod csr;
 pub mod jwt;

@@ -22,7 +22,7 @@ use rcgen::{CertificateParams, KeyPair, SanType};
 use ringfence_core::{Clock, MachineId, SpiffeId, TrustDomain};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{UnixListenerStream, WatchStream};
+use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
 use crate::ca::IssueError;
@@ -132,15 +132,56 @@ impl WorkloadApi {
         let listener = tokio::net::UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let service = SpiffeWorkloadApiServer::with_interceptor(self, check_security_header);
-        tonic::transport::Server::builder()
+        // Each client connection goes through the authority bridge (see `authority_fix`) to
+        // the gRPC server over an in-memory pipe.
+        let (conns, incoming) =
+            tokio::sync::mpsc::channel::<std::io::Result<tokio::io::DuplexStream>>(64);
+        let acceptor = tokio::spawn(async move {
+            loop {
+                let (client, _) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "workload API accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (server_side, bridge_side) = tokio::io::duplex(64 * 1024);
+                tokio::spawn(bridge(client, bridge_side));
+                if conns.send(Ok(server_side)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let served = tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(incoming),
+                shutdown,
+            )
             .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        acceptor.abort();
+        served
     }
 
     fn updates(&self) -> impl Stream<Item = X509Material> + Send + 'static {
         WatchStream::new(self.x509.clone()).filter_map(|m| m)
+    }
+}
+
+/// Joins a client connection to the server side of an in-memory pipe: client frames through
+/// the authority bridge, server frames back unchanged.
+async fn bridge(client: tokio::net::UnixStream, pipe: tokio::io::DuplexStream) {
+    let (client_read, mut client_write) = client.into_split();
+    let (mut pipe_read, pipe_write) = tokio::io::split(pipe);
+    let up = crate::authority_fix::forward_client_frames(client_read, pipe_write);
+    let down = tokio::io::copy(&mut pipe_read, &mut client_write);
+    // When the client side ends (or is refused), the pipe closes, the server ends the
+    // connection, and the copy back to the client ends too.
+    let (up, _) = tokio::join!(up, down);
+    if let Err(e) = up {
+        tracing::debug!(error = %e, "workload API client connection closed");
     }
 }
 

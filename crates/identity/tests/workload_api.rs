@@ -196,15 +196,10 @@ fn python(script: &str) -> std::process::Output {
 async fn py_spiffe_fetches_svids_bundles_and_validates_jwt_svids() {
     let server = serve(Duration::from_secs(3600)).await;
     let work = tempfile::tempdir().unwrap();
-    // KNOWN GAP: gRPC core (>= 1.57) sends the percent-encoded socket path as `:authority`,
-    // which the HTTP/2 layer of this server (h2) rejects. Until the server accepts it, the
-    // client is told to send `localhost`, as grpc-go and the Rust client do; nothing else in
-    // py-spiffe is changed.
+    // py-spiffe exactly as published: its gRPC core sends the percent-encoded socket path as
+    // `:authority`, which the server's authority bridge accepts.
     let script = format!(
         r#"
-import grpc
-_channel = grpc.insecure_channel
-grpc.insecure_channel = lambda target, options=None, **kw: _channel(target, options=list(options or []) + [("grpc.default_authority", "localhost")], **kw)
 from spiffe import WorkloadApiClient
 from cryptography.hazmat.primitives.serialization import Encoding
 client = WorkloadApiClient(socket_path="unix://{socket}")
@@ -264,7 +259,7 @@ async fn calls_without_the_security_header_are_refused() {
         r#"
 import grpc
 from spiffe._proto import workload_pb2, workload_pb2_grpc
-channel = grpc.insecure_channel("unix://{socket}", options=[("grpc.default_authority", "localhost")])
+channel = grpc.insecure_channel("unix://{socket}")
 stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
 try:
     for _ in stub.FetchX509SVID(workload_pb2.X509SVIDRequest()):
