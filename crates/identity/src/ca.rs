@@ -296,7 +296,8 @@ impl Ca {
     }
 
     /// Issues an X.509-SVID for a DER CSR sent by `machine`, if `authority` authorizes it.
-    pub fn issue(
+    /// Crate-private: issuance goes through the audited [`crate::IssuanceService`].
+    pub(crate) fn issue(
         &self,
         csr_der: &[u8],
         machine: &MachineId,

@@ -72,8 +72,8 @@ impl CaSet {
         Arc::clone(&self.read().active)
     }
 
-    /// Issues with the active CA.
-    pub fn issue(
+    /// Issues with the active CA (crate-private: through the audited service only).
+    pub(crate) fn issue(
         &self,
         csr_der: &[u8],
         machine: &MachineId,

@@ -1,7 +1,8 @@
 //! X.509-SVID issuance: the profile checked field by field and by `openssl verify`, and every
 //! refusal the identity issue names (wrong identity, extra SANs, bad signature, weak or
 //! unsupported keys, malformed SPIFFE IDs, missing, foreign-machine or expired
-//! authorization), each asserting the message a user sees.
+//! authorization), each asserting the message a user sees and the audit entry it leaves.
+//! Everything goes through the audited issuance service: the CA cannot be called around it.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,7 +16,13 @@ use std::time::Duration;
 
 use rcgen::{CertificateParams, KeyPair, SanType};
 use ringfence_core::{MachineId, SpiffeId, TrustDomain, UnixTime};
-use ringfence_identity::{Ca, IssuanceAuthority, IssuanceAuthorization};
+use std::sync::Arc;
+
+use ringfence_audit::{AuditSink, Decision, Event, MemorySink};
+use ringfence_core::ManualClock;
+use ringfence_identity::{
+    Ca, CaSet, IssuanceAuthority, IssuanceAuthorization, IssuanceService, Svid,
+};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -88,18 +95,63 @@ fn uri(s: &str) -> SanType {
     SanType::URI(s.try_into().unwrap())
 }
 
-fn refuse(csr: &[u8], authority: &dyn IssuanceAuthority) -> String {
-    ca().issue(csr, &node1(), authority, NOW)
-        .unwrap_err()
-        .to_string()
+/// Runs one request through the audited issuance service (the only way to issue) and
+/// returns its outcome and the audit entries it left.
+fn run_issue(
+    csr: &[u8],
+    authority: impl IssuanceAuthority + 'static,
+    ca: Ca,
+) -> (Result<Svid, String>, Vec<Event>) {
+    let sink = Arc::new(MemorySink::default());
+    let service = IssuanceService::new(
+        Arc::new(CaSet::new(ca)),
+        Arc::new(authority),
+        Arc::clone(&sink) as Arc<dyn AuditSink>,
+        Arc::new(ManualClock::new(NOW)),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let outcome = runtime
+        .block_on(service.issue(csr, &node1()))
+        .map_err(|e| e.to_string());
+    (outcome, sink.events())
+}
+
+/// Issues; asserts the single audit entry says so.
+fn issue(csr: &[u8], authority: impl IssuanceAuthority + 'static, ca: Ca) -> Svid {
+    let (outcome, events) = run_issue(csr, authority, ca);
+    let svid = outcome.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].decision, events[0].target.as_str()),
+        (Decision::Allow, svid.spiffe_id.as_str())
+    );
+    assert_eq!(events[0].details["serial"], svid.serial);
+    svid
+}
+
+/// Refuses; asserts the single audit entry records the refusal with the same message, and
+/// returns the message.
+fn refuse(csr: &[u8], authority: impl IssuanceAuthority + 'static) -> String {
+    let (outcome, events) = run_issue(csr, authority, ca());
+    let message = outcome.unwrap_err();
+    assert_eq!(events.len(), 1, "one audit entry per refusal");
+    assert_eq!(events[0].decision, Decision::Deny);
+    assert_eq!(
+        events[0].reason, message,
+        "the audit entry carries the reason the user saw"
+    );
+    assert_eq!(events[0].details["machine"], "node-1");
+    message
 }
 
 #[test]
 fn issued_svids_follow_the_spiffe_profile_and_openssl_verifies_them() {
-    let ca = ca().with_ttl(Duration::from_secs(3600));
-    let svid = ca
-        .issue(&csr_with(vec![uri(ID)]), &node1(), &authority(), NOW)
-        .unwrap();
+    let first_ca = ca().with_ttl(Duration::from_secs(3600));
+    let ca_der = first_ca.certificate_der().to_vec();
+    let svid = issue(&csr_with(vec![uri(ID)]), authority(), first_ca);
     assert_eq!(svid.spiffe_id.as_str(), ID);
     let (_, cert) = X509Certificate::from_der(&svid.cert_der).unwrap();
     let mut uris = Vec::new();
@@ -134,9 +186,7 @@ fn issued_svids_follow_the_spiffe_profile_and_openssl_verifies_them() {
     );
     let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
     assert_eq!(lifetime, 3600 + 30, "TTL plus the 30 s back-dating");
-    let other = ca
-        .issue(&csr_with(vec![uri(ID)]), &node1(), &authority(), NOW)
-        .unwrap();
+    let other = issue(&csr_with(vec![uri(ID)]), authority(), ca());
     assert_ne!(svid.serial, other.serial, "serials are random");
 
     // openssl, the reference X.509 implementation, accepts the chain for client and server
@@ -146,7 +196,7 @@ fn issued_svids_follow_the_spiffe_profile_and_openssl_verifies_them() {
         use base64_pem::encode;
         encode(der)
     };
-    std::fs::write(dir.path().join("ca.pem"), pem(ca.certificate_der())).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), pem(&ca_der)).unwrap();
     std::fs::write(dir.path().join("svid.pem"), pem(&svid.cert_der)).unwrap();
     for purpose in ["sslclient", "sslserver"] {
         let out = Command::new("openssl")
@@ -224,7 +274,7 @@ mod base64_pem {
 fn csr_for_a_different_spiffe_id_is_refused() {
     let msg = refuse(
         &csr_with(vec![uri("spiffe://example.org/ns/prod/svc/payments")]),
-        &authority(),
+        authority(),
     );
     assert_eq!(
         msg,
@@ -239,7 +289,7 @@ fn csr_with_an_extra_dns_san_is_refused() {
             uri(ID),
             SanType::DnsName("web.example.org".try_into().unwrap()),
         ]),
-        &authority(),
+        authority(),
     );
     assert!(msg.starts_with("CSR asks for a non-URI SAN"), "{msg}");
 }
@@ -248,10 +298,10 @@ fn csr_with_an_extra_dns_san_is_refused() {
 fn csr_with_an_extra_uri_san_is_refused() {
     let msg = refuse(
         &csr_with(vec![uri(ID), uri("spiffe://example.org/ns/prod/svc/admin")]),
-        &authority(),
+        authority(),
     );
     assert!(msg.starts_with("CSR asks for 2 URI SANs"), "{msg}");
-    let msg = refuse(&csr_with(vec![]), &authority());
+    let msg = refuse(&csr_with(vec![]), authority());
     assert!(msg.starts_with("CSR asks for no URI SAN"), "{msg}");
 }
 
@@ -261,7 +311,7 @@ fn csr_with_a_bad_signature_is_refused() {
     let last = csr.len() - 3;
     csr[last] ^= 0x01;
     assert_eq!(
-        refuse(&csr, &authority()),
+        refuse(&csr, authority()),
         "CSR signature does not verify: the request was altered or not signed by its key"
     );
 }
@@ -273,7 +323,7 @@ fn csr_asking_for_a_ca_certificate_is_refused() {
     params.subject_alt_names = vec![uri(ID)];
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let csr = params.serialize_request(&key).unwrap().der().to_vec();
-    let msg = refuse(&csr, &authority());
+    let msg = refuse(&csr, authority());
     assert!(msg.starts_with("CSR asks for an extra extension"), "{msg}");
 }
 
@@ -320,7 +370,7 @@ fn openssl_csr(genkey: &[&str]) -> Vec<u8> {
 #[test]
 fn openssl_p256_csrs_are_accepted() {
     let csr = openssl_csr(&["ecparam", "-name", "prime256v1", "-genkey", "-noout"]);
-    let svid = ca().issue(&csr, &node1(), &authority(), NOW).unwrap();
+    let svid = issue(&csr, authority(), ca());
     assert_eq!(svid.spiffe_id.as_str(), ID);
 }
 
@@ -333,14 +383,14 @@ fn rsa_1024_and_p384_keys_are_refused() {
         "-pkeyopt",
         "rsa_keygen_bits:1024",
     ]);
-    let msg = refuse(&rsa, &authority());
+    let msg = refuse(&rsa, authority());
     assert!(
         msg.starts_with("unsupported key: key algorithm 1.2.840.113549.1.1.1"),
         "{msg}"
     );
     assert!(msg.ends_with("workload keys must be ECDSA P-256"), "{msg}");
     let p384 = openssl_csr(&["ecparam", "-name", "secp384r1", "-genkey", "-noout"]);
-    let msg = refuse(&p384, &authority());
+    let msg = refuse(&p384, authority());
     assert!(
         msg.starts_with("unsupported key: curve 1.3.132.0.34"),
         "{msg}"
@@ -359,7 +409,7 @@ fn malformed_spiffe_ids_in_the_csr_are_refused() {
         ("spiffe://example.org/ns//svc/web", "empty segments"),
         ("spiffe://example.org/ns/pr\0od", "path segment characters"),
     ] {
-        let msg = refuse(&csr_with(vec![uri(bad)]), &authority());
+        let msg = refuse(&csr_with(vec![uri(bad)]), authority());
         assert!(
             msg.starts_with("CSR names an invalid SPIFFE ID"),
             "{bad:?}: {msg}"
@@ -372,7 +422,7 @@ fn malformed_spiffe_ids_in_the_csr_are_refused() {
 fn requests_without_a_valid_authorization_are_refused() {
     let csr = csr_with(vec![uri(ID)]);
     assert_eq!(
-        refuse(&csr, &Nobody),
+        refuse(&csr, Nobody),
         "no issuance authorization: no admitted task for spiffe://example.org/ns/prod/svc/web is placed on node-1"
     );
     let elsewhere = OneTask {
@@ -380,27 +430,27 @@ fn requests_without_a_valid_authorization_are_refused() {
         ..authority()
     };
     assert_eq!(
-        refuse(&csr, &elsewhere),
+        refuse(&csr, elsewhere),
         "the authorization is for machine node-2, not node-1"
     );
     let expired = OneTask {
         until: NOW,
         ..authority()
     };
-    assert!(refuse(&csr, &expired).starts_with("the authorization expired"));
+    assert!(refuse(&csr, expired).starts_with("the authorization expired"));
     let foreign = csr_with(vec![uri("spiffe://evil.org/ns/prod/svc/web")]);
     assert_eq!(
-        refuse(&foreign, &authority()),
+        refuse(&foreign, authority()),
         "spiffe://evil.org/ns/prod/svc/web is not in this CA's trust domain"
     );
 }
 
 #[test]
 fn garbage_and_oversized_csrs_are_refused() {
-    assert!(refuse(b"not a csr", &authority()).starts_with("malformed CSR"));
+    assert!(refuse(b"not a csr", authority()).starts_with("malformed CSR"));
     let big = vec![0x30; ringfence_identity::MAX_CSR_LEN + 1];
-    assert!(refuse(&big, &authority()).contains("at most"));
+    assert!(refuse(&big, authority()).contains("at most"));
     let mut trailing = csr_with(vec![uri(ID)]);
     trailing.push(0);
-    assert!(refuse(&trailing, &authority()).contains("trailing bytes"));
+    assert!(refuse(&trailing, authority()).contains("trailing bytes"));
 }
