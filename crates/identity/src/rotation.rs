@@ -18,6 +18,8 @@ use crate::ca::{Ca, IssuanceAuthority, IssueError, Svid};
 pub struct CaSet {
     trust_domain: TrustDomain,
     state: RwLock<State>,
+    /// Bumped whenever the bundle changes, so Workload API streams push the new bundle.
+    bundle_generation: tokio::sync::watch::Sender<u64>,
 }
 
 struct State {
@@ -45,6 +47,7 @@ impl CaSet {
                 next: None,
                 retiring: Vec::new(),
             }),
+            bundle_generation: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -60,6 +63,15 @@ impl CaSet {
         self.state
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notified whenever the trust bundle changes.
+    pub fn subscribe_bundle(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.bundle_generation.subscribe()
+    }
+
+    fn bundle_changed(&self) {
+        self.bundle_generation.send_modify(|g| *g += 1);
     }
 
     /// The trust domain.
@@ -172,6 +184,7 @@ impl CaSet {
                 next,
                 retiring,
             }),
+            bundle_generation: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -185,6 +198,7 @@ impl CaSet {
         let ttl = self.active().ttl();
         let next = Ca::generate(self.trust_domain.clone(), now, validity)?.with_ttl(ttl);
         self.write().next = Some(Arc::new(next));
+        self.bundle_changed();
         Ok(())
     }
 
@@ -205,6 +219,8 @@ impl CaSet {
             state.retiring.push((anchor, until));
         }
         state.retiring.retain(|(_, u)| *u > now);
+        drop(state);
+        self.bundle_changed();
         Ok(())
     }
 }

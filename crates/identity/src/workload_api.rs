@@ -343,6 +343,7 @@ pub async fn run_rotator(
     // Until the first SVID, retry quickly; afterwards every tenth of the SVID lifetime, so a
     // CA that comes back is noticed well within one rotation interval (half the lifetime).
     let mut retry = Duration::from_millis(200);
+    let mut bundle = service.ca_set().subscribe_bundle();
     loop {
         let wait = match obtain(&service, &machine, &spiffe_id, clock.as_ref()).await {
             Ok((material, lifetime)) => {
@@ -355,13 +356,26 @@ pub async fn run_rotator(
                 retry
             }
         };
+        bundle.borrow_and_update();
         // Wait on the Clock, not on the runtime's timer: renewals follow the same time the
-        // certificates are issued and checked with (a manual clock in tests).
+        // certificates are issued and checked with (a manual clock in tests). A bundle change
+        // (CA rotation) is pushed to the workload at once, with its current SVID.
         let deadline = clock.now().saturating_add(wait);
         while clock.now() < deadline {
             let step = deadline.since(clock.now()).min(CLOCK_POLL);
             tokio::select! {
                 () = tokio::time::sleep(step) => {}
+                changed = bundle.changed() => {
+                    if changed.is_ok() {
+                        bundle.borrow_and_update();
+                        let ca = service.ca_set();
+                        out.send_modify(|m| {
+                            if let Some(m) = m {
+                                m.bundle_der = ca.bundle_der(clock.now());
+                            }
+                        });
+                    }
+                }
                 () = out.closed() => return,
             }
         }

@@ -45,6 +45,7 @@ impl IssuanceAuthority for Placed {
 
 struct Server {
     socket: PathBuf,
+    ca: Arc<CaSet>,
     ca_pem: String,
     stop: Option<oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
@@ -74,6 +75,7 @@ async fn serve(ttl: Duration) -> Server {
     let ca_pem = pem_certificate(ca.certificate_der());
     let ca = Arc::new(CaSet::new(Arc::try_unwrap(ca).unwrap()));
     let (tx, rx) = watch::channel(None);
+    let ca_set = Arc::clone(&ca);
     let service = Arc::new(
         IssuanceService::new(
             ca,
@@ -115,6 +117,7 @@ async fn serve(ttl: Duration) -> Server {
     }
     Server {
         socket,
+        ca: ca_set,
         ca_pem,
         stop: Some(stop),
         _dir: dir,
@@ -288,4 +291,34 @@ for _ in stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=[("workload
     );
     assert!(!stdout.contains("ANSWERED"));
     assert!(stdout.contains("WITH HEADER OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_rotation_pushes_the_new_bundle_to_workloads_at_once() {
+    let server = serve(Duration::from_secs(3600)).await;
+    let client = spiffe::WorkloadApiClient::connect_to(format!("unix:{}", server.socket.display()))
+        .await
+        .unwrap();
+    let td = spiffe::TrustDomain::new("example.org").unwrap();
+    let mut bundles = client.stream_x509_bundles().await.unwrap();
+    let first = bundles.next().await.unwrap().unwrap();
+    assert_eq!(first.get(&td).unwrap().authorities().len(), 1);
+    server
+        .ca
+        .prepare_next(
+            ringfence_core::Clock::now(&SystemClock),
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+    // Pushed without waiting for the hour-long SVID's renewal.
+    let next = tokio::time::timeout(Duration::from_secs(2), bundles.next())
+        .await
+        .expect("the new bundle is pushed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        next.get(&td).unwrap().authorities().len(),
+        2,
+        "old and next CA"
+    );
 }
