@@ -322,3 +322,32 @@ async fn a_ca_rotation_pushes_the_new_bundle_to_workloads_at_once() {
         "old and next CA"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_spiffe_client_fetches_and_validates_jwt_svids() {
+    let server = serve(Duration::from_secs(3600)).await;
+    let client = spiffe::WorkloadApiClient::connect_to(format!("unix:{}", server.socket.display()))
+        .await
+        .unwrap();
+    let jwt = client.fetch_jwt_svid(["api"], None).await.unwrap();
+    assert_eq!(jwt.spiffe_id().to_string(), ID);
+    assert_eq!(jwt.audience(), ["api"]);
+    let validated = client.validate_jwt_token("api", jwt.token()).await.unwrap();
+    assert_eq!(validated.spiffe_id().to_string(), ID);
+    assert!(
+        client
+            .validate_jwt_token("other", jwt.token())
+            .await
+            .is_err(),
+        "wrong audience refused"
+    );
+    let bundles = client.fetch_jwt_bundles().await.unwrap();
+    assert!(
+        bundles
+            .get(&spiffe::TrustDomain::new("example.org").unwrap())
+            .is_some()
+    );
+    // Another workload's identity cannot be requested on this socket.
+    let other = spiffe::SpiffeId::new("spiffe://example.org/ns/prod/svc/admin").unwrap();
+    assert!(client.fetch_jwt_svid(["api"], Some(&other)).await.is_err());
+}
