@@ -30,6 +30,11 @@ const PRIORITY: u8 = 0x20;
 const MAX_FRAME: usize = 1 << 20;
 /// Largest header block accepted (Workload API requests carry a handful of headers).
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// Largest decoded header list (names + values): a small block that references big dynamic
+/// table entries over and over ("HPACK bomb") must not blow up memory.
+const MAX_HEADER_LIST: usize = 64 * 1024;
+/// The dynamic table size the server advertises (HTTP/2's default); a client may not grow it.
+const TABLE_SIZE: usize = 4096;
 /// Frames the bridge writes are at most the HTTP/2 default frame size.
 const OUT_FRAME: usize = 16 * 1024;
 
@@ -54,6 +59,7 @@ where
     }
     to_server.write_all(&preface).await?;
     let mut decoder = loona_hpack::Decoder::new();
+    decoder.set_max_allowed_table_size(TABLE_SIZE);
     let mut encoder = loona_hpack::Encoder::new();
     loop {
         let Some((head, payload)) = read_frame(&mut from_client).await? else {
@@ -82,19 +88,25 @@ where
             }
             end_headers = h[4] & END_HEADERS != 0;
         }
-        let headers = decoder
-            .decode(&block)
-            .map_err(|e| bad(&format!("HPACK: {e:?}")))?;
-        let rewritten: Vec<(Vec<u8>, Vec<u8>)> = headers
-            .into_iter()
-            .map(|(name, value)| {
-                if name == b":authority" && !valid_authority(&value) {
-                    (name, b"localhost".to_vec())
-                } else {
-                    (name, value)
+        let mut rewritten: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut list_size = 0usize;
+        decoder
+            .decode_with_cb(&block, |name, value| {
+                list_size = list_size.saturating_add(name.len() + value.len() + 32);
+                if list_size > MAX_HEADER_LIST {
+                    return;
                 }
+                let value = if name.as_ref() == b":authority" && !valid_authority(&value) {
+                    b"localhost".to_vec()
+                } else {
+                    value.into_owned()
+                };
+                rewritten.push((name.into_owned(), value));
             })
-            .collect();
+            .map_err(|e| bad(&format!("HPACK: {e:?}")))?;
+        if list_size > MAX_HEADER_LIST {
+            return Err(bad("header list too large"));
+        }
         let encoded = encoder.encode(rewritten.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
         write_header_block(&mut to_server, &stream, flags & END_STREAM, &encoded).await?;
     }
@@ -294,6 +306,24 @@ mod tests {
         let mut bad_pad = PREFACE.to_vec();
         bad_pad.extend(frame(HEADERS, END_HEADERS | PADDED, 1, &[9, 0x82]));
         assert!(run(bad_pad).await.is_err());
+        // An HPACK bomb: one big header in the dynamic table, then a block of many references.
+        let mut enc = loona_hpack::Encoder::new();
+        let big = vec![b'a'; 4000];
+        let first = enc.encode([(&b"x-big"[..], big.as_slice())]);
+        let mut bomb = PREFACE.to_vec();
+        bomb.extend(frame(HEADERS, END_HEADERS, 1, &first));
+        bomb.extend(frame(HEADERS, END_HEADERS, 3, &vec![0xbe; 1000])); // index 62, repeated
+        let err = run(bomb).await.unwrap_err();
+        assert!(err.to_string().contains("header list too large"), "{err}");
+        // A client may not grow the dynamic table beyond what the server advertises.
+        let mut grow = PREFACE.to_vec();
+        grow.extend(frame(
+            HEADERS,
+            END_HEADERS,
+            1,
+            &[0x3f, 0xe1, 0xff, 0x03, 0x82],
+        ));
+        assert!(run(grow).await.is_err());
         let mut bad_hpack = PREFACE.to_vec();
         bad_hpack.extend(frame(
             HEADERS,
