@@ -285,38 +285,15 @@ fn init(dir: &Path, origin: &str) -> Result<u8> {
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(format!("{text}\n").as_bytes())?;
-    f.sync_all()?;
-    Ok(())
+    crate::secrets::write_new(path, format!("{text}\n").as_bytes())
 }
 
 fn read_secret(path: &Path) -> Result<Signer> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).with_context(|| {
-        format!(
-            "no key at {}: run `ringfence audit init` (or `audit witness keygen`) first",
-            path.display()
-        )
-    })?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        bail!(
-            "{} is readable by other users (mode {:o}): run `chmod 600 {}`",
-            path.display(),
-            meta.permissions().mode() & 0o777,
-            path.display()
-        );
-    }
-    Ok(Signer::parse(&std::fs::read_to_string(path)?)?)
+    let bytes = crate::secrets::read(
+        path,
+        "run `ringfence audit init` (or `audit witness keygen`) first",
+    )?;
+    Ok(Signer::parse(&String::from_utf8_lossy(&bytes))?)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {

@@ -289,42 +289,14 @@ impl IssuanceAuthority for Given {
 }
 
 fn write_secret_pem(path: &Path, pkcs8: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(
-        ringfence_identity::pem_lf(&pem::Pem::new("PRIVATE KEY", pkcs8.to_vec())).as_bytes(),
-    )?;
-    f.sync_all()?;
-    Ok(())
+    let pem = ringfence_identity::pem_lf(&pem::Pem::new("PRIVATE KEY", pkcs8.to_vec()));
+    crate::secrets::write_new(path, pem.as_bytes())
 }
 
 fn load_jwt(dir: &Path, td: TrustDomain) -> Result<JwtIssuer> {
-    use std::os::unix::fs::PermissionsExt;
     let path = dir.join("jwt.key");
-    let mode = std::fs::metadata(&path)
-        .with_context(|| {
-            format!(
-                "no JWT key at {}: run `ringfence identity ca init`",
-                path.display()
-            )
-        })?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        bail!(
-            "{} is readable by other users: run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        );
-    }
-    let parsed = pem::parse(std::fs::read(&path)?)
-        .with_context(|| format!("{} is not PEM", path.display()))?;
+    let bytes = crate::secrets::read(&path, "run `ringfence identity ca init`")?;
+    let parsed = pem::parse(bytes).with_context(|| format!("{} is not PEM", path.display()))?;
     Ok(JwtIssuer::from_pkcs8(td, parsed.contents())?)
 }
 

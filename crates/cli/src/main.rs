@@ -6,6 +6,7 @@ mod audit_cmd;
 mod config;
 mod exit;
 mod identity_cmd;
+mod secrets;
 mod store_cmd;
 
 use std::path::PathBuf;
