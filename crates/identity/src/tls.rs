@@ -57,6 +57,9 @@ pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Option<SpiffeId> {
 pub struct SvidResolver {
     material: watch::Receiver<Option<X509Material>>,
     provider: Arc<CryptoProvider>,
+    /// The last key loaded and the certificate it belongs to: handshakes between rotations
+    /// reuse it instead of parsing the private key again.
+    cached: std::sync::Mutex<Option<(Vec<u8>, Arc<CertifiedKey>)>>,
 }
 
 impl SvidResolver {
@@ -65,20 +68,33 @@ impl SvidResolver {
         Self {
             material,
             provider: provider(),
+            cached: std::sync::Mutex::new(None),
         }
     }
 
     fn current(&self) -> Option<Arc<CertifiedKey>> {
         let m = self.material.borrow().clone()?;
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((cert, key)) = cached.as_ref()
+            && cert == &m.cert_der
+        {
+            return Some(Arc::clone(key));
+        }
+        let cert_der = m.cert_der.clone();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(m.key_pkcs8_der));
         let signing = self.provider.key_provider.load_private_key(key).ok()?;
-        Some(Arc::new(CertifiedKey::new(
+        let certified = Arc::new(CertifiedKey::new(
             std::iter::once(m.cert_der)
                 .chain(m.intermediates)
                 .map(CertificateDer::from)
                 .collect(),
             signing,
-        )))
+        ));
+        *cached = Some((cert_der, Arc::clone(&certified)));
+        Some(certified)
     }
 }
 
