@@ -1,0 +1,231 @@
+//! DSSE (Dead Simple Signing Envelope) v1: the JSON envelope, the pre-authentication
+//! encoding, and verification with a threshold of distinct trusted keys.
+//!
+//! SECURITY: the payload type is signed (inside the PAE) and checked against what the caller
+//! expects, so an attestation cannot be replayed as another kind of document; each trusted
+//! key counts once toward the threshold however many signatures it made; a signature's
+//! `keyid`, when both sides have one, only narrows which key is tried; it never stands in for
+//! a verification.
+
+use std::collections::BTreeSet;
+
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_FIXED, ED25519, UnparsedPublicKey,
+};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use serde::{Deserialize, Serialize};
+
+/// Largest envelope accepted, in bytes of JSON.
+pub const MAX_ENVELOPE_LEN: usize = 4 * 1024 * 1024;
+/// Most signatures looked at on one envelope.
+pub const MAX_SIGNATURES: usize = 32;
+
+/// Why an envelope is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DsseError {
+    /// Not a DSSE envelope.
+    #[error("malformed DSSE envelope: {0}")]
+    Malformed(String),
+    /// The payload type is not the one expected.
+    #[error("DSSE payload type is {found:?}, expected {expected:?}")]
+    PayloadType {
+        /// Expected.
+        expected: String,
+        /// Found.
+        found: String,
+    },
+    /// Fewer distinct trusted keys signed than required.
+    #[error(
+        "DSSE envelope has valid signatures from {got} distinct trusted key(s) ({names}); {need} required"
+    )]
+    Threshold {
+        /// Distinct trusted keys with a valid signature.
+        got: usize,
+        /// Required.
+        need: usize,
+        /// Their names.
+        names: String,
+    },
+}
+
+/// One signature of an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signature {
+    /// The key's id, if the signer gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyid: Option<String>,
+    /// Base64 signature over the PAE.
+    pub sig: String,
+}
+
+/// A DSSE JSON envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Envelope {
+    /// Base64 payload.
+    pub payload: String,
+    /// The payload's type (a URI or media type).
+    pub payload_type: String,
+    /// Signatures.
+    pub signatures: Vec<Signature>,
+}
+
+/// `DSSEv1 <len(type)> <type> <len(body)> <body>`.
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A public key trusted to sign envelopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedKey {
+    /// A name for reports (a builder, a reviewer).
+    pub name: String,
+    /// The key id signers put in `keyid`, if any.
+    pub keyid: Option<String>,
+    /// The key.
+    pub key: PublicKey,
+}
+
+/// Supported public keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicKey {
+    /// ECDSA P-256 with SHA-256, as an uncompressed point; signatures raw r||s or DER.
+    EcdsaP256(Vec<u8>),
+    /// Ed25519.
+    Ed25519([u8; 32]),
+}
+
+impl PublicKey {
+    fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
+        match self {
+            Self::EcdsaP256(point) => {
+                let alg = if sig.len() == 64 {
+                    &ECDSA_P256_SHA256_FIXED
+                } else {
+                    &ECDSA_P256_SHA256_ASN1
+                };
+                UnparsedPublicKey::new(alg, point)
+                    .verify(message, sig)
+                    .is_ok()
+            }
+            Self::Ed25519(key) => UnparsedPublicKey::new(&ED25519, key)
+                .verify(message, sig)
+                .is_ok(),
+        }
+    }
+}
+
+/// An envelope whose signatures met the threshold. Only [`verify`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedEnvelope {
+    payload_type: String,
+    payload: Vec<u8>,
+    signers: Vec<String>,
+}
+
+impl VerifiedEnvelope {
+    /// The payload type (already checked against the expected one).
+    pub fn payload_type(&self) -> &str {
+        &self.payload_type
+    }
+
+    /// The verified payload bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// Names of the distinct trusted keys that signed.
+    pub fn signers(&self) -> &[String] {
+        &self.signers
+    }
+}
+
+/// Parses an envelope from JSON bytes, with size limits.
+pub fn parse(bytes: &[u8]) -> Result<Envelope, DsseError> {
+    if bytes.len() > MAX_ENVELOPE_LEN {
+        return Err(DsseError::Malformed(format!(
+            "{} bytes; at most {MAX_ENVELOPE_LEN} are accepted",
+            bytes.len()
+        )));
+    }
+    let envelope: Envelope =
+        serde_json::from_slice(bytes).map_err(|e| DsseError::Malformed(e.to_string()))?;
+    if envelope.signatures.is_empty() {
+        return Err(DsseError::Malformed("no signatures".into()));
+    }
+    if envelope.signatures.len() > MAX_SIGNATURES {
+        return Err(DsseError::Malformed(format!(
+            "more than {MAX_SIGNATURES} signatures"
+        )));
+    }
+    Ok(envelope)
+}
+
+/// Verifies `envelope`: its payload type must be `expected_type`, and at least `threshold`
+/// distinct keys of `trusted` must have valid signatures over the PAE.
+pub fn verify(
+    envelope: &Envelope,
+    expected_type: &str,
+    trusted: &[TrustedKey],
+    threshold: usize,
+) -> Result<VerifiedEnvelope, DsseError> {
+    if envelope.payload_type != expected_type {
+        return Err(DsseError::PayloadType {
+            expected: expected_type.to_owned(),
+            found: envelope.payload_type.clone(),
+        });
+    }
+    let payload = decode_b64(&envelope.payload)
+        .ok_or_else(|| DsseError::Malformed("payload is not base64".into()))?;
+    let message = pae(&envelope.payload_type, &payload);
+    let mut accepted: BTreeSet<usize> = BTreeSet::new();
+    for signature in envelope.signatures.iter().take(MAX_SIGNATURES) {
+        let sig = decode_b64(&signature.sig)
+            .ok_or_else(|| DsseError::Malformed("a signature is not base64".into()))?;
+        for (i, key) in trusted.iter().enumerate() {
+            if accepted.contains(&i) {
+                continue;
+            }
+            if let (Some(a), Some(b)) = (&signature.keyid, &key.keyid)
+                && a != b
+            {
+                continue;
+            }
+            if key.key.verify(&message, &sig) {
+                accepted.insert(i);
+            }
+        }
+    }
+    let names: Vec<String> = accepted
+        .iter()
+        .filter_map(|i| trusted.get(*i))
+        .map(|k| k.name.clone())
+        .collect();
+    if threshold == 0 || names.len() < threshold {
+        return Err(DsseError::Threshold {
+            got: names.len(),
+            need: threshold.max(1),
+            names: names.join(", "),
+        });
+    }
+    Ok(VerifiedEnvelope {
+        payload_type: envelope.payload_type.clone(),
+        payload,
+        signers: names,
+    })
+}
+
+/// Standard base64, or URL-safe as the reference implementation also accepts.
+fn decode_b64(s: &str) -> Option<Vec<u8>> {
+    STANDARD.decode(s).ok().or_else(|| URL_SAFE.decode(s).ok())
+}

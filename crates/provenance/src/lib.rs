@@ -1,0 +1,4 @@
+//! Ringfence provenance, pure: DSSE envelopes verified against trusted keys with a threshold.
+//! The in-toto Statement, SLSA Provenance and review attestations build on this module.
+
+pub mod dsse;
