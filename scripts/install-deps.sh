@@ -4,7 +4,7 @@
 #   etcd-server        real etcd members started by the tests and the benchmark
 #   openssl            the reference X.509 tool the identity tests check certificates with
 # and, from PyPI, py-spiffe (`spiffe`), the Python SPIFFE Workload API client the identity
-# tests talk to.
+# tests talk to, and securesystemslib, the DSSE reference implementation.
 set -euo pipefail
 
 need=()
@@ -20,7 +20,10 @@ if [ "${#need[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import spiffe' >/dev/null 2>&1; then
-  echo "installing py-spiffe from PyPI" >&2
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'spiffe==0.3.2'
+py=()
+python3 -c 'import spiffe' >/dev/null 2>&1 || py+=('spiffe==0.3.2')
+python3 -c 'import securesystemslib' >/dev/null 2>&1 || py+=('securesystemslib[crypto]==1.6.0')
+if [ "${#py[@]}" -gt 0 ]; then
+  echo "installing from PyPI: ${py[*]}" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${py[@]}"
 fi

@@ -105,7 +105,48 @@ pub enum PublicKey {
     Ed25519([u8; 32]),
 }
 
+/// DER prefix of a SubjectPublicKeyInfo holding an uncompressed P-256 point.
+const SPKI_P256_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+/// DER prefix of a SubjectPublicKeyInfo holding an Ed25519 key.
+const SPKI_ED25519_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
 impl PublicKey {
+    /// From a DER SubjectPublicKeyInfo (the body of a `PUBLIC KEY` PEM) for P-256 or Ed25519.
+    pub fn from_spki_der(der: &[u8]) -> Result<Self, DsseError> {
+        if let Some(point) = der.strip_prefix(&SPKI_P256_PREFIX[..])
+            && point.len() == 65
+            && point.first() == Some(&0x04)
+        {
+            return Ok(Self::EcdsaP256(point.to_vec()));
+        }
+        if let Some(key) = der.strip_prefix(&SPKI_ED25519_PREFIX[..])
+            && let Ok(key) = <[u8; 32]>::try_from(key)
+        {
+            return Ok(Self::Ed25519(key));
+        }
+        Err(DsseError::Malformed(
+            "unsupported public key: use ECDSA P-256 or Ed25519".into(),
+        ))
+    }
+
+    /// From a `PUBLIC KEY` PEM.
+    pub fn from_spki_pem(pem: &str) -> Result<Self, DsseError> {
+        let body: String = pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .map(str::trim)
+            .collect();
+        let der = STANDARD
+            .decode(body)
+            .map_err(|_| DsseError::Malformed("public key PEM is not base64".into()))?;
+        Self::from_spki_der(&der)
+    }
+
     fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
         match self {
             Self::EcdsaP256(point) => {
