@@ -2,3 +2,4 @@
 //! The in-toto Statement, SLSA Provenance and review attestations build on this module.
 
 pub mod dsse;
+pub mod statement;
