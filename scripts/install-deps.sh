@@ -4,7 +4,8 @@
 #   etcd-server        real etcd members started by the tests and the benchmark
 #   openssl            the reference X.509 tool the identity tests check certificates with
 # and, from PyPI, py-spiffe (`spiffe`), the Python SPIFFE Workload API client the identity
-# tests talk to, and securesystemslib, the DSSE reference implementation.
+# tests talk to, securesystemslib, the DSSE reference implementation, and in-toto-attestation,
+# the in-toto attestation framework's bindings (Statement v1, SLSA Provenance v1).
 set -euo pipefail
 
 need=()
@@ -23,6 +24,7 @@ fi
 py=()
 python3 -c 'import spiffe' >/dev/null 2>&1 || py+=('spiffe==0.3.2')
 python3 -c 'import securesystemslib' >/dev/null 2>&1 || py+=('securesystemslib[crypto]==1.6.0')
+python3 -c 'import in_toto_attestation' >/dev/null 2>&1 || py+=('in-toto-attestation==0.9.3')
 if [ "${#py[@]}" -gt 0 ]; then
   echo "installing from PyPI: ${py[*]}" >&2
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${py[@]}"

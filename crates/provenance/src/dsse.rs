@@ -270,3 +270,164 @@ pub fn verify(
 fn decode_b64(s: &str) -> Option<Vec<u8>> {
     STANDARD.decode(s).ok().or_else(|| URL_SAFE.decode(s).ok())
 }
+
+/// A private key that signs envelopes (builders, review systems, `ringfence attest sign`).
+pub struct SigningKey {
+    kind: SigningKind,
+    keyid: String,
+}
+
+enum SigningKind {
+    EcdsaP256(aws_lc_rs::signature::EcdsaKeyPair),
+    Ed25519(aws_lc_rs::signature::Ed25519KeyPair),
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("keyid", &self.keyid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// A new ECDSA P-256 key, with its PKCS#8 DER (to store it).
+    pub fn generate_p256() -> Result<(Self, Vec<u8>), DsseError> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let doc = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &rng,
+        )
+        .map_err(|_| DsseError::Malformed("could not generate a P-256 key".into()))?;
+        let der = doc.as_ref().to_vec();
+        Ok((Self::from_pkcs8_der(&der)?, der))
+    }
+
+    /// From PKCS#8 DER holding a P-256 or Ed25519 private key.
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, DsseError> {
+        let kind = if let Ok(k) = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            der,
+        ) {
+            SigningKind::EcdsaP256(k)
+        } else if let Ok(k) = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+        {
+            SigningKind::Ed25519(k)
+        } else {
+            return Err(DsseError::Malformed(
+                "private key is not a PKCS#8 ECDSA P-256 or Ed25519 key".into(),
+            ));
+        };
+        let mut key = Self {
+            kind,
+            keyid: String::new(),
+        };
+        key.keyid = keyid_of(&key.spki_der());
+        Ok(key)
+    }
+
+    /// From a `PRIVATE KEY` PEM.
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, DsseError> {
+        let body: String = pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .map(str::trim)
+            .collect();
+        let der = STANDARD
+            .decode(body)
+            .map_err(|_| DsseError::Malformed("private key PEM is not base64".into()))?;
+        Self::from_pkcs8_der(&der)
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> PublicKey {
+        use aws_lc_rs::signature::KeyPair;
+        match &self.kind {
+            SigningKind::EcdsaP256(k) => PublicKey::EcdsaP256(k.public_key().as_ref().to_vec()),
+            SigningKind::Ed25519(k) => {
+                let mut raw = [0u8; 32];
+                raw.copy_from_slice(k.public_key().as_ref());
+                PublicKey::Ed25519(raw)
+            }
+        }
+    }
+
+    /// The public key as DER SubjectPublicKeyInfo.
+    pub fn spki_der(&self) -> Vec<u8> {
+        self.public_key().spki_der()
+    }
+
+    /// The key id put in signatures: the hex SHA-256 of the SubjectPublicKeyInfo.
+    pub fn keyid(&self) -> &str {
+        &self.keyid
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, DsseError> {
+        match &self.kind {
+            SigningKind::EcdsaP256(k) => k
+                .sign(&aws_lc_rs::rand::SystemRandom::new(), message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| DsseError::Malformed("signing failed".into())),
+            SigningKind::Ed25519(k) => Ok(k.sign(message).as_ref().to_vec()),
+        }
+    }
+}
+
+impl PublicKey {
+    /// As DER SubjectPublicKeyInfo.
+    pub fn spki_der(&self) -> Vec<u8> {
+        let (prefix, key): (&[u8], &[u8]) = match self {
+            Self::EcdsaP256(point) => (&SPKI_P256_PREFIX, point),
+            Self::Ed25519(key) => (&SPKI_ED25519_PREFIX, key),
+        };
+        [prefix, key].concat()
+    }
+
+    /// As a `PUBLIC KEY` PEM.
+    pub fn spki_pem(&self) -> String {
+        let b64 = STANDARD.encode(self.spki_der());
+        let mut out = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(chunk));
+            out.push('\n');
+        }
+        out.push_str("-----END PUBLIC KEY-----\n");
+        out
+    }
+
+    /// The key id: the hex SHA-256 of its SubjectPublicKeyInfo.
+    pub fn keyid(&self) -> String {
+        keyid_of(&self.spki_der())
+    }
+}
+
+fn keyid_of(spki: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Signs `payload` as `payload_type` with every key (each signature carries its key id).
+pub fn sign(
+    payload_type: &str,
+    payload: &[u8],
+    keys: &[&SigningKey],
+) -> Result<Envelope, DsseError> {
+    let message = pae(payload_type, payload);
+    let signatures = keys
+        .iter()
+        .map(|k| {
+            Ok(Signature {
+                keyid: Some(k.keyid().to_owned()),
+                sig: STANDARD.encode(k.sign(&message)?),
+            })
+        })
+        .collect::<Result<Vec<_>, DsseError>>()?;
+    Ok(Envelope {
+        payload: STANDARD.encode(payload),
+        payload_type: payload_type.to_owned(),
+        signatures,
+    })
+}

@@ -2,4 +2,7 @@
 //! The in-toto Statement, SLSA Provenance and review attestations build on this module.
 
 pub mod dsse;
+pub mod oci;
+pub mod review;
+pub mod slsa;
 pub mod statement;

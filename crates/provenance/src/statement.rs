@@ -48,6 +48,50 @@ impl Sha256 {
     pub fn hex(&self) -> &str {
         &self.0
     }
+
+    /// The SHA-256 of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+        Self(d.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+impl std::fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sha256:{}", self.0)
+    }
+}
+
+/// A git commit id: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.
+pub fn parse_commit(s: &str) -> Result<String, StatementError> {
+    if (s.len() == 40 || s.len() == 64)
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(s.to_owned())
+    } else {
+        Err(StatementError::Malformed(format!(
+            "{s:?} is not a git commit id (40 or 64 lowercase hex digits)"
+        )))
+    }
+}
+
+/// Builds the JSON of a Statement v1 (for signing): subjects are `(name, digest)` pairs
+/// where the digest is `sha256:<hex>` or `gitCommit:<hex>`.
+pub fn build(subjects: &[(&str, &str)], predicate_type: &str, predicate: Value) -> Value {
+    let subject: Vec<Value> = subjects
+        .iter()
+        .map(|(name, digest)| {
+            let (alg, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
+            serde_json::json!({"name": name, "digest": {alg: hex}})
+        })
+        .collect();
+    serde_json::json!({
+        "_type": STATEMENT_V1,
+        "subject": subject,
+        "predicateType": predicate_type,
+        "predicate": predicate,
+    })
 }
 
 #[derive(Deserialize)]
@@ -68,13 +112,16 @@ struct RawSubject {
     digest: BTreeMap<String, String>,
 }
 
-/// One subject: a name and its SHA-256 digest.
+/// One subject: a name and its digest — SHA-256 for artifacts (images, files, job
+/// configurations), `gitCommit` for source revisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {
     /// The artifact's name (informative).
     pub name: String,
-    /// Its SHA-256 digest.
-    pub sha256: Sha256,
+    /// Its SHA-256 digest, if it has one.
+    pub sha256: Option<Sha256>,
+    /// The git commit it names, if it is a source revision (40 or 64 lowercase hex digits).
+    pub git_commit: Option<String>,
 }
 
 /// A statement from a verified envelope.
@@ -114,12 +161,26 @@ impl Statement {
             .subject
             .into_iter()
             .map(|s| {
-                let digest = s.digest.get("sha256").ok_or_else(|| {
-                    StatementError::Malformed(format!("subject {:?} has no sha256 digest", s.name))
-                })?;
+                let sha256 = s
+                    .digest
+                    .get("sha256")
+                    .map(|d| Sha256::parse(d))
+                    .transpose()?;
+                let git_commit = s
+                    .digest
+                    .get("gitCommit")
+                    .map(|c| parse_commit(c))
+                    .transpose()?;
+                if sha256.is_none() && git_commit.is_none() {
+                    return Err(StatementError::Malformed(format!(
+                        "subject {:?} has no sha256 or gitCommit digest",
+                        s.name
+                    )));
+                }
                 Ok(Subject {
                     name: s.name,
-                    sha256: Sha256::parse(digest)?,
+                    sha256,
+                    git_commit,
                 })
             })
             .collect::<Result<Vec<_>, StatementError>>()?;
@@ -133,7 +194,9 @@ impl Statement {
 
     /// True when a subject has exactly this digest.
     pub fn covers(&self, digest: &Sha256) -> bool {
-        self.subjects.iter().any(|s| &s.sha256 == digest)
+        self.subjects
+            .iter()
+            .any(|s| s.sha256.as_ref() == Some(digest))
     }
 
     /// The subjects.

@@ -25,8 +25,10 @@ fn python(script: &str) -> String {
         .output()
         .expect("python3");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains("No module named 'securesystemslib'") {
-        panic!("securesystemslib is missing: scripts/install-deps.sh installs it");
+    if stderr.contains("No module named") {
+        panic!(
+            "a Python reference implementation is missing ({stderr}): scripts/install-deps.sh installs it"
+        );
     }
     assert!(out.status.success(), "{stderr}");
     String::from_utf8(out.stdout).unwrap()
@@ -137,4 +139,108 @@ except Exception as err:
 "#
     ));
     assert_eq!(out.trim(), "True\ntampered refused");
+}
+
+/// The in-toto attestation framework's Python bindings (`in-toto-attestation`) build a
+/// Statement v1 carrying a SLSA Provenance v1 predicate; securesystemslib signs it; Ringfence
+/// verifies the envelope and reads the builder, the source and the subject.
+#[test]
+fn in_toto_attestation_statements_with_slsa_provenance_read_with_ringfence() {
+    let out = python(
+        r#"
+import json
+from google.protobuf import json_format
+from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
+from in_toto_attestation.v1.statement import Statement
+from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
+from securesystemslib.dsse import Envelope
+from securesystemslib.signer import CryptoSigner
+commit = "0123456789abcdef0123456789abcdef01234567"
+p = provenance_pb2.Provenance()
+p.build_definition.build_type = "https://ringfence.dev/build/v1"
+p.build_definition.external_parameters.update({"source": {"repository": "https://git.acme.test/web", "ref": "refs/heads/main", "commit": commit}})
+dep = p.build_definition.resolved_dependencies.add(); dep.uri = "git+https://git.acme.test/web"; dep.digest["gitCommit"] = commit
+p.run_details.builder.id = "https://builder.acme.test/v1"
+p.run_details.metadata.finished_on.FromJsonString("2026-11-25T10:00:00Z")
+subject = ResourceDescriptor(name="web", digest={"sha256": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"}).pb
+s = Statement([subject], "https://slsa.dev/provenance/v1", json_format.MessageToDict(p))
+s.validate()
+signer = CryptoSigner.generate_ecdsa()
+e = Envelope(payload=json_format.MessageToJson(s.pb).encode(), payload_type="application/vnd.in-toto+json", signatures={})
+e.sign(signer)
+print(json.dumps({"envelope": e.to_dict(), "pem": signer.public_key.keyval["public"], "keyid": signer.public_key.keyid}))
+"#,
+    );
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let envelope = dsse::parse(v["envelope"].to_string().as_bytes()).unwrap();
+    let key = TrustedKey {
+        name: "python-builder".into(),
+        keyid: Some(v["keyid"].as_str().unwrap().into()),
+        key: PublicKey::from_spki_pem(v["pem"].as_str().unwrap()).unwrap(),
+    };
+    let verified = dsse::verify(&envelope, TYPE, &[key], 1).unwrap();
+    let stmt = ringfence_provenance::statement::Statement::from_envelope(&verified).unwrap();
+    let p = ringfence_provenance::slsa::Provenance::from_statement(&stmt).unwrap();
+    assert_eq!(p.builder_id, "https://builder.acme.test/v1");
+    let src = p.source.unwrap();
+    assert_eq!(
+        (src.repository.as_str(), src.git_ref.as_str()),
+        ("https://git.acme.test/web", "refs/heads/main")
+    );
+    assert!(p.finished_on.is_some());
+    assert_eq!(
+        stmt.subjects()[0].sha256.as_ref().unwrap().hex(),
+        "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+    );
+}
+
+/// Ringfence signs a statement with a SLSA Provenance v1 predicate; securesystemslib verifies
+/// the envelope and in-toto-attestation's strict protobuf parser accepts the statement and the
+/// predicate (an unknown field would fail it).
+#[test]
+fn ringfence_statements_validate_with_in_toto_attestation() {
+    use ringfence_provenance::dsse::SigningKey;
+    use ringfence_provenance::{slsa, statement};
+    let (key, _) = SigningKey::generate_p256().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let stmt = statement::build(
+        &[(
+            "web",
+            "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+        )],
+        slsa::PREDICATE_TYPE,
+        serde_json::json!({
+            "buildDefinition": {"buildType": slsa::RINGFENCE_BUILD_TYPE,
+                "externalParameters": {"source": {"repository": "https://git.acme.test/web", "ref": "refs/heads/main", "commit": commit}},
+                "resolvedDependencies": [{"uri": "git+https://git.acme.test/web", "digest": {"gitCommit": commit}}]},
+            "runDetails": {"builder": {"id": "https://builder.acme.test/v1"}, "metadata": {"finishedOn": "2026-11-25T10:00:00Z"}}
+        }),
+    );
+    let envelope = dsse::sign(TYPE, &serde_json::to_vec(&stmt).unwrap(), &[&key]).unwrap();
+    let json = serde_json::to_string(&envelope).unwrap();
+    let pem = key.public_key().spki_pem();
+    let keyid = key.keyid();
+    let out = python(&format!(
+        r#"
+import json
+from google.protobuf import json_format
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from securesystemslib.dsse import Envelope
+from securesystemslib.signer import SSlibKey
+from in_toto_attestation.v1 import statement_pb2
+from in_toto_attestation.v1.statement import Statement
+from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
+e = Envelope.from_dict(json.loads({json:?}))
+# Ringfence's key id is the SHA-256 of the SubjectPublicKeyInfo; securesystemslib matches
+# signatures to keys by id, so the key is registered under that id.
+crypto = SSlibKey.from_crypto(load_pem_public_key({pem:?}.encode()), scheme="ecdsa-sha2-nistp256")
+key = SSlibKey({keyid:?}, crypto.keytype, crypto.scheme, crypto.keyval)
+e.verify([key], 1)
+pb = json_format.Parse(e.payload, statement_pb2.Statement())
+Statement.copy_from_pb(pb).validate()
+prov = json_format.ParseDict(json_format.MessageToDict(pb.predicate), provenance_pb2.Provenance())
+print(prov.run_details.builder.id, pb.subject[0].digest["sha256"][:8])
+"#
+    ));
+    assert_eq!(out.trim(), "https://builder.acme.test/v1 2c26b46b");
 }

@@ -87,7 +87,7 @@ fn malformed_statements_are_refused_with_reasons() {
         ),
         (
             json!({"_type": "https://in-toto.io/Statement/v1", "subject": [{"name": "x", "digest": {"sha512": "ab"}}], "predicateType": "p"}),
-            "no sha256 digest",
+            "no sha256 or gitCommit digest",
         ),
         (
             json!({"_type": "https://in-toto.io/Statement/v1", "subject": [{"digest": {"sha256": "XYZ"}}], "predicateType": "p"}),
