@@ -223,7 +223,7 @@ fn oci_layouts_verify_every_blob_and_name_images_by_manifest_digest() {
     let digest = oci::write_layout(
         dir.path(),
         &json!({"architecture": "amd64", "os": "linux"}),
-        &[layer.clone()],
+        std::slice::from_ref(&layer),
         "web:1.0",
     )
     .unwrap();
