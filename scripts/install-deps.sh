@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Ringfence needs to build and test, when they are missing:
 #   protobuf-compiler  protoc, for the gRPC code generated at build time (etcd client)
+#   libprotobuf-dev    the well-known .proto files protoc imports (google/protobuf/*.proto)
 #   etcd-server        real etcd members started by the tests and the benchmark
 #   openssl            the reference X.509 tool the identity tests check certificates with
 # and, from PyPI, py-spiffe (`spiffe`), the Python SPIFFE Workload API client the identity
@@ -10,6 +11,7 @@ set -euo pipefail
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 { command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ]; } || need+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
