@@ -249,12 +249,15 @@ impl Gate {
             "{}/{}/{}/{}",
             job.namespace, job.service, job.environment, job.name
         );
+        let basis = match &verdict.justification {
+            Some(j) => format!("{} (justification: {j})", verdict.basis),
+            None => verdict.basis.to_string(),
+        };
         let reason = if verdict.findings.is_empty() {
-            format!("{}", verdict.basis)
+            basis
         } else {
             format!(
-                "{}: {}",
-                verdict.basis,
+                "{basis}: {}",
                 verdict
                     .findings
                     .iter()

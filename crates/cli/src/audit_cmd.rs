@@ -313,12 +313,17 @@ async fn store(settings: &Settings) -> Result<Arc<dyn Store>> {
 }
 
 pub(crate) async fn open_log(settings: &Settings, dir: &Path) -> Result<AuditLog> {
+    open_log_on(store(settings).await?, dir).await
+}
+
+/// Opens the audit log on a store this process already holds.
+pub(crate) async fn open_log_on(store: Arc<dyn Store>, dir: &Path) -> Result<AuditLog> {
     let signer = read_secret(&dir.join("log.key"))?;
     let options = LogOptions {
         origin: signer.name().to_owned(),
         ..LogOptions::default()
     };
-    Ok(AuditLog::open(store(settings).await?, signer, options).await?)
+    Ok(AuditLog::open(store, signer, options).await?)
 }
 
 async fn verify(

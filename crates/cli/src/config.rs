@@ -20,6 +20,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     store: Option<String>,
     log_format: Option<LogFormat>,
+    notify: Option<ringfence_bab::NotifyConfig>,
 }
 
 /// Effective settings for this run.
@@ -31,6 +32,8 @@ pub struct Settings {
     pub store: StoreUrl,
     /// Log format.
     pub log_format: LogFormat,
+    /// Notification sinks (`[notify]`).
+    pub notify: ringfence_bab::NotifyConfig,
 }
 
 impl Settings {
@@ -59,6 +62,7 @@ impl Settings {
             data_dir,
             store,
             log_format,
+            notify: file.notify.unwrap_or_default(),
         })
     }
 }

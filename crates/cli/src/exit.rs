@@ -45,6 +45,19 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
                 _ => FAILURE,
             };
         }
+        if let Some(e) = cause.downcast_ref::<ringfence_bab::GateError>() {
+            return match e {
+                ringfence_bab::GateError::AuditUnavailable(_) => UNAVAILABLE,
+                ringfence_bab::GateError::Store(s) => store_code(s),
+                ringfence_bab::GateError::Corrupt { .. } => DATA,
+                _ => FAILURE,
+            };
+        }
+        if let Some(ringfence_bab::artifacts::ArtifactError::NotFound(_)) =
+            cause.downcast_ref::<ringfence_bab::artifacts::ArtifactError>()
+        {
+            return NOT_FOUND;
+        }
         if cause.downcast_ref::<crate::store_cmd::NotFound>().is_some() {
             return NOT_FOUND;
         }

@@ -2,7 +2,10 @@
 //! the runtime, runs a subcommand, and maps failures to the documented exit codes. The work
 //! itself lives in the library crates.
 
+mod artifact_cmd;
+mod attest_cmd;
 mod audit_cmd;
+mod bab_cmd;
 mod config;
 mod exit;
 mod identity_cmd;
@@ -80,6 +83,16 @@ enum Command {
     /// Workload identity: the SPIFFE CA and the Workload API
     #[command(subcommand)]
     Identity(identity_cmd::IdentityCommand),
+    /// Binary Authorization: service policies, admission, break-glass, continuous
+    /// verification, the conformance report
+    #[command(subcommand)]
+    Bab(bab_cmd::BabCommand),
+    /// Attestations: signing keys, signing statements, verifying an image against a policy
+    #[command(subcommand)]
+    Attest(attest_cmd::AttestCommand),
+    /// The artifact store: OCI images by digest, with their attestations
+    #[command(subcommand)]
+    Artifact(artifact_cmd::ArtifactCommand),
     /// Inspect and edit durable state directly (for operators; bypasses every API check)
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
@@ -124,6 +137,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
         Command::Store(cmd) => store_cmd::run(cmd, &settings).await,
         Command::Audit(cmd) => audit_cmd::run(cmd, &settings).await,
         Command::Identity(cmd) => identity_cmd::run(cmd, &settings).await,
+        Command::Bab(cmd) => bab_cmd::run(cmd, &settings).await,
+        Command::Attest(cmd) => attest_cmd::run(cmd, &settings).await,
+        Command::Artifact(cmd) => artifact_cmd::run(cmd, &settings).await,
     }
 }
 
