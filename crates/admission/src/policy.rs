@@ -33,7 +33,7 @@
 
 use std::time::Duration;
 
-use ringfence_provenance::dsse::{PublicKey, TrustedKey};
+use ringfence_provenance::dsse::{PreparedKeys, PublicKey, TrustedKey};
 use ringfence_provenance::statement::Sha256;
 use serde::{Deserialize, Serialize};
 
@@ -301,8 +301,8 @@ mod opt_dur {
 /// A group of keys with a threshold, parsed once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyGroup {
-    /// The keys.
-    pub keys: Vec<TrustedKey>,
+    /// The keys, parsed for verification.
+    pub keys: PreparedKeys,
     /// Distinct keys required.
     pub threshold: usize,
 }
@@ -360,7 +360,7 @@ fn key_group(what: &str, keys: &[KeySpec], threshold: usize) -> Result<KeyGroup,
         });
     }
     Ok(KeyGroup {
-        keys: out,
+        keys: PreparedKeys::new(out).map_err(|e| invalid(format!("{what}: {e}")))?,
         threshold,
     })
 }

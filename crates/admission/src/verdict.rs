@@ -297,6 +297,7 @@ pub fn parse_image(image: &str) -> Result<ImageRef, String> {
 /// A decoded (not yet verified) view of an envelope, for routing only.
 struct Peeked<'a> {
     att: &'a Attestation,
+    payload: Vec<u8>,
     predicate_type: String,
 }
 
@@ -321,13 +322,15 @@ fn peek(att: &Attestation) -> Result<Peeked<'_>, String> {
         serde_json::from_slice(&payload).map_err(|e| format!("payload is not JSON: {e}"))?;
     Ok(Peeked {
         att,
+        payload,
         predicate_type: p.predicate_type,
     })
 }
 
-fn verify_with(att: &Attestation, keys: &KeyGroup) -> Result<Statement, String> {
-    let v = dsse::verify(
-        &att.envelope,
+fn verify_with(att: &Peeked<'_>, keys: &KeyGroup) -> Result<Statement, String> {
+    let v = dsse::verify_prepared(
+        &att.att.envelope,
+        Some(att.payload.clone()),
         statement::PAYLOAD_TYPE,
         &keys.keys,
         keys.threshold,
@@ -541,7 +544,7 @@ fn check(ctx: &mut Ctx<'_>, attestations: &[Attestation]) {
         let mut failures = Vec::new();
         let mut ok = false;
         for c in candidates {
-            match verify_with(c.att, keys) {
+            match verify_with(c, keys) {
                 Ok(stmt) if stmt.covers(&image.digest) => {
                     ok = true;
                     break;
@@ -595,7 +598,7 @@ fn check_provenance(
         let mut signed_by = None;
         let mut sig_errors = Vec::new();
         for b in &policy.builders {
-            match verify_with(c.att, &b.keys) {
+            match verify_with(c, &b.keys) {
                 Ok(stmt) => {
                     signed_by = Some((b, stmt));
                     break;
@@ -737,7 +740,7 @@ fn check_review(
     peeked: &[Peeked<'_>],
     present: &str,
 ) {
-    let Some(rules) = ctx.policy.spec().review.clone() else {
+    let Some(rules) = ctx.policy.spec().review.as_ref() else {
         return;
     };
     let candidates: Vec<&Peeked<'_>> = peeked
@@ -760,7 +763,7 @@ fn check_review(
     for c in candidates {
         let name = c.att.source.clone();
         let mut fails: Vec<Failure> = Vec::new();
-        let r = match verify_with(c.att, keys).and_then(|s| {
+        let r = match verify_with(c, keys).and_then(|s| {
             Review::from_statement(&s)
                 .map(|r| (r, s))
                 .map_err(|e| e.to_string())

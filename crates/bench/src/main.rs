@@ -3,6 +3,7 @@
 //!
 //! `cargo run --release -p ringfence-bench -- store` prints a table and, last, one JSON line.
 
+mod admission;
 mod audit;
 mod identity;
 mod stats;
@@ -43,6 +44,17 @@ enum Bench {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Binary Authorization verdicts/s and p99 for a policy requiring 3 attestations with 2
+    /// signatures each (one core), continuous verification of many running jobs, and the
+    /// P-256 verify ceiling in the same run
+    Admission {
+        /// Seconds the verdict loop (and the ceiling) run
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Running jobs re-verified
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+    },
     /// X.509-SVIDs issued per second end to end (CSR checks + signing + audit append), a
     /// burst re-issue, and the P-256 sign/verify ceiling in the same run
     Identity {
@@ -66,5 +78,6 @@ fn main() -> anyhow::Result<()> {
         }
         Bench::Audit { entries, dir } => runtime.block_on(audit::run(entries, &dir)),
         Bench::Identity { count, dir } => runtime.block_on(identity::run(count, &dir)),
+        Bench::Admission { seconds, jobs } => admission::run(seconds, jobs),
     }
 }

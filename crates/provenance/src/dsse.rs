@@ -212,6 +212,65 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope, DsseError> {
     Ok(envelope)
 }
 
+/// Trusted keys parsed once, for verifying many envelopes (a policy's key groups).
+#[derive(Clone)]
+pub struct PreparedKeys {
+    keys: Vec<TrustedKey>,
+    parsed: Vec<Parsed>,
+}
+
+#[derive(Clone)]
+enum Parsed {
+    EcdsaP256 {
+        asn1: aws_lc_rs::signature::ParsedPublicKey,
+        fixed: aws_lc_rs::signature::ParsedPublicKey,
+    },
+    Ed25519(aws_lc_rs::signature::ParsedPublicKey),
+}
+
+impl std::fmt::Debug for PreparedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PreparedKeys").field(&self.keys).finish()
+    }
+}
+
+impl PartialEq for PreparedKeys {
+    fn eq(&self, other: &Self) -> bool {
+        self.keys == other.keys
+    }
+}
+
+impl Eq for PreparedKeys {}
+
+impl PreparedKeys {
+    /// Parses every key; a key the crypto library rejects is an error naming it.
+    pub fn new(keys: Vec<TrustedKey>) -> Result<Self, DsseError> {
+        use aws_lc_rs::signature::ParsedPublicKey;
+        let parsed = keys
+            .iter()
+            .map(|k| {
+                let bad = |_| DsseError::Malformed(format!("public key {:?} is invalid", k.name));
+                Ok(match &k.key {
+                    PublicKey::EcdsaP256(point) => Parsed::EcdsaP256 {
+                        asn1: ParsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point).map_err(bad)?,
+                        fixed: ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+                            .map_err(bad)?,
+                    },
+                    PublicKey::Ed25519(raw) => {
+                        Parsed::Ed25519(ParsedPublicKey::new(&ED25519, raw).map_err(bad)?)
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, DsseError>>()?;
+        Ok(Self { keys, parsed })
+    }
+
+    /// The keys.
+    pub fn keys(&self) -> &[TrustedKey] {
+        &self.keys
+    }
+}
+
 /// Verifies `envelope`: its payload type must be `expected_type`, and at least `threshold`
 /// distinct keys of `trusted` must have valid signatures over the PAE.
 pub fn verify(
@@ -220,14 +279,62 @@ pub fn verify(
     trusted: &[TrustedKey],
     threshold: usize,
 ) -> Result<VerifiedEnvelope, DsseError> {
+    verify_with(
+        envelope,
+        None,
+        expected_type,
+        trusted,
+        threshold,
+        |i, message, sig| trusted.get(i).is_some_and(|k| k.key.verify(message, sig)),
+    )
+}
+
+/// [`verify`] with keys parsed in advance. `payload`, when given, is the envelope's payload
+/// already decoded by the caller (it is what the signatures are checked over, and what the
+/// verified envelope holds).
+pub fn verify_prepared(
+    envelope: &Envelope,
+    payload: Option<Vec<u8>>,
+    expected_type: &str,
+    prepared: &PreparedKeys,
+    threshold: usize,
+) -> Result<VerifiedEnvelope, DsseError> {
+    verify_with(
+        envelope,
+        payload,
+        expected_type,
+        &prepared.keys,
+        threshold,
+        |i, message, sig| match prepared.parsed.get(i) {
+            Some(Parsed::EcdsaP256 { asn1, fixed }) => {
+                let key = if sig.len() == 64 { fixed } else { asn1 };
+                key.verify_sig(message, sig).is_ok()
+            }
+            Some(Parsed::Ed25519(key)) => key.verify_sig(message, sig).is_ok(),
+            None => false,
+        },
+    )
+}
+
+fn verify_with(
+    envelope: &Envelope,
+    payload: Option<Vec<u8>>,
+    expected_type: &str,
+    trusted: &[TrustedKey],
+    threshold: usize,
+    check: impl Fn(usize, &[u8], &[u8]) -> bool,
+) -> Result<VerifiedEnvelope, DsseError> {
     if envelope.payload_type != expected_type {
         return Err(DsseError::PayloadType {
             expected: expected_type.to_owned(),
             found: envelope.payload_type.clone(),
         });
     }
-    let payload = decode_b64(&envelope.payload)
-        .ok_or_else(|| DsseError::Malformed("payload is not base64".into()))?;
+    let payload = match payload {
+        Some(p) => p,
+        None => decode_b64(&envelope.payload)
+            .ok_or_else(|| DsseError::Malformed("payload is not base64".into()))?,
+    };
     let message = pae(&envelope.payload_type, &payload);
     let mut accepted: BTreeSet<usize> = BTreeSet::new();
     for signature in envelope.signatures.iter().take(MAX_SIGNATURES) {
@@ -242,7 +349,7 @@ pub fn verify(
             {
                 continue;
             }
-            if key.key.verify(&message, &sig) {
+            if check(i, &message, &sig) {
                 accepted.insert(i);
             }
         }

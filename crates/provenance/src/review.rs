@@ -71,7 +71,7 @@ impl Review {
                 statement.predicate_type()
             )));
         }
-        let predicate: ReviewPredicate = serde_json::from_value(statement.predicate().clone())
+        let predicate = ReviewPredicate::deserialize(statement.predicate())
             .map_err(|e| StatementError::Malformed(format!("code review: {e}")))?;
         parse_commit(&predicate.commit)?;
         if !statement

@@ -121,7 +121,7 @@ impl Provenance {
                 statement.predicate_type()
             )));
         }
-        let raw: RawPredicate = serde_json::from_value(statement.predicate().clone())
+        let raw = RawPredicate::deserialize(statement.predicate())
             .map_err(|e| StatementError::Malformed(format!("SLSA provenance: {e}")))?;
         if raw.run_details.builder.id.is_empty() {
             return Err(StatementError::Malformed(
