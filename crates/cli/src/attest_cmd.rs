@@ -55,6 +55,36 @@ pub enum AttestCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Verify a sigstore bundle offline, with a managed key or a signer identity and issuer
+    /// (exit 0 verified, 1 refused)
+    VerifyBundle {
+        /// The bundle (`.sigstore.json`)
+        #[arg(long, value_name = "FILE")]
+        bundle: PathBuf,
+        /// The signed artifact
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "digest",
+            required_unless_present = "digest"
+        )]
+        artifact: Option<PathBuf>,
+        /// Or its digest: sha256:HEX (an image), or sha512:HEX
+        #[arg(long, value_name = "DIGEST")]
+        digest: Option<String>,
+        /// The managed public key (PEM)
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["identity", "issuer"], required_unless_present = "identity")]
+        key: Option<PathBuf>,
+        /// The signer's certificate identity (email or URI)
+        #[arg(long, value_name = "SAN", requires = "issuer")]
+        identity: Option<String>,
+        /// The signer's OIDC issuer
+        #[arg(long, value_name = "URL", requires = "identity")]
+        issuer: Option<String>,
+        /// The Sigstore instance's trusted root (default: the public-good instance's)
+        #[arg(long, value_name = "FILE")]
+        trusted_root: Option<PathBuf>,
+    },
     /// Verify an image and its attestations against a service policy (exit 0 admit, 1 deny)
     Verify {
         /// The service policy (YAML)
@@ -95,6 +125,23 @@ pub async fn run(cmd: AttestCommand, settings: &Settings) -> Result<u8> {
             subjects,
             out,
         } => sign(&keys, statement, predicate_type, predicate, &subjects, out),
+        AttestCommand::VerifyBundle {
+            bundle,
+            artifact,
+            digest,
+            key,
+            identity,
+            issuer,
+            trusted_root,
+        } => verify_bundle(
+            &bundle,
+            artifact,
+            digest,
+            key,
+            identity,
+            issuer,
+            trusted_root,
+        ),
         AttestCommand::Verify {
             policy,
             image,
@@ -134,6 +181,72 @@ fn keygen(out: &Path) -> Result<u8> {
     );
     print!("{public}");
     Ok(exit::SUCCESS)
+}
+
+fn verify_bundle(
+    bundle: &Path,
+    artifact: Option<PathBuf>,
+    digest: Option<String>,
+    key: Option<PathBuf>,
+    identity: Option<String>,
+    issuer: Option<String>,
+    trusted_root: Option<PathBuf>,
+) -> Result<u8> {
+    use ringfence_provenance::sigstore::{self, Subject, Trust};
+    let bundle_bytes = read_input(bundle)?;
+    let root = match trusted_root {
+        Some(p) => {
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?
+        }
+        None => sigstore::PUBLIC_GOOD_TRUSTED_ROOT.to_owned(),
+    };
+    let trust = match (key, identity, issuer) {
+        (Some(k), _, _) => Trust::Key(
+            std::fs::read_to_string(&k).with_context(|| format!("cannot read {}", k.display()))?,
+        ),
+        (None, Some(identity), Some(issuer)) => Trust::Identity { identity, issuer },
+        _ => bail!("give --key FILE, or --identity and --issuer"),
+    };
+    let artifact_bytes;
+    let sha256;
+    let subject = match (&artifact, &digest) {
+        (Some(p), _) => {
+            artifact_bytes = read_input(p)?;
+            Subject::Bytes(&artifact_bytes)
+        }
+        (None, Some(d)) => match d.split_once(':') {
+            Some(("sha256", hex)) => {
+                sha256 = Sha256::parse(hex)?;
+                Subject::Digest(&sha256)
+            }
+            Some(("sha512", hex)) => Subject::Sha512Hex(hex),
+            _ => bail!("--digest must be sha256:HEX or sha512:HEX"),
+        },
+        (None, None) => bail!("give --artifact FILE or --digest"),
+    };
+    match sigstore::verify(&bundle_bytes, subject, &trust, &root) {
+        Ok(v) => {
+            println!(
+                "VERIFIED {} signed by {}{}{}",
+                bundle.display(),
+                v.signer,
+                v.issuer
+                    .map(|i| format!(" (issuer {i})"))
+                    .unwrap_or_default(),
+                v.integrated_time
+                    .map(|t| format!(", logged {}", ringfence_provenance::slsa::format_time(t)))
+                    .unwrap_or_default()
+            );
+            if let Some(env) = v.envelope {
+                println!("  DSSE payload type {}", env.payload_type());
+            }
+            Ok(exit::SUCCESS)
+        }
+        Err(e) => {
+            println!("REFUSED {}: {e}", bundle.display());
+            Ok(exit::FAILURE)
+        }
+    }
 }
 
 pub(crate) fn load_key(path: &Path) -> Result<SigningKey> {

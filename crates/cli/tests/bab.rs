@@ -492,3 +492,89 @@ fn sign_verify_push_admit_break_glass_and_report() {
             .contains("bab.flagged")
     );
 }
+
+#[test]
+fn sigstore_bundles_verify_offline_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let data = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../provenance/tests/testdata/sigstore"
+    );
+    let bundle = format!("{data}/managed-key-bundle.sigstore.json");
+    let artifact = format!("{data}/managed-key-artifact.txt");
+    let key = format!("{data}/managed-key-key.pub");
+    let out = exits(
+        d,
+        0,
+        &[
+            "attest",
+            "verify-bundle",
+            "--bundle",
+            &bundle,
+            "--artifact",
+            &artifact,
+            "--key",
+            &key,
+        ],
+    );
+    assert!(
+        out.starts_with("VERIFIED") && out.contains("signed by key:") && out.contains("logged 20"),
+        "{out}"
+    );
+    write(d, "other.txt", "not the artifact");
+    let out = exits(
+        d,
+        1,
+        &[
+            "attest",
+            "verify-bundle",
+            "--bundle",
+            &bundle,
+            "--artifact",
+            "other.txt",
+            "--key",
+            &key,
+        ],
+    );
+    assert!(out.starts_with("REFUSED"), "{out}");
+    let dsse = format!("{data}/bundles-dsse.sigstore.json");
+    let digest = "sha512:bbfd372fc9beeb777fe35d05bb10c0c70a9733d366a75fed7dd18866c7391de3ee7e88ba74dd47abf3e15c845e547fcf0e5c3da80854c751554224d3a6d4e55f";
+    let out = exits(
+        d,
+        0,
+        &[
+            "attest",
+            "verify-bundle",
+            "--bundle",
+            &dsse,
+            "--digest",
+            digest,
+            "--identity",
+            "brian@dehamer.com",
+            "--issuer",
+            "https://github.com/login/oauth",
+        ],
+    );
+    assert!(
+        out.contains("DSSE payload type application/vnd.in-toto+json"),
+        "{out}"
+    );
+    let out = exits(
+        d,
+        1,
+        &[
+            "attest",
+            "verify-bundle",
+            "--bundle",
+            &dsse,
+            "--digest",
+            digest,
+            "--identity",
+            "eve@example.test",
+            "--issuer",
+            "https://github.com/login/oauth",
+        ],
+    );
+    assert!(out.contains("identity mismatch"), "{out}");
+}

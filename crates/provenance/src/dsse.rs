@@ -189,6 +189,16 @@ impl VerifiedEnvelope {
     pub fn signers(&self) -> &[String] {
         &self.signers
     }
+
+    /// An envelope whose one signature `sigstore-verify` checked (with its certificate chain or
+    /// key, and its transparency-log entry).
+    pub(crate) fn from_sigstore(payload_type: String, payload: Vec<u8>, signer: String) -> Self {
+        Self {
+            payload_type,
+            payload,
+            signers: vec![signer],
+        }
+    }
 }
 
 /// Parses an envelope from JSON bytes, with size limits.

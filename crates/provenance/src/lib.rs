@@ -4,5 +4,6 @@
 pub mod dsse;
 pub mod oci;
 pub mod review;
+pub mod sigstore;
 pub mod slsa;
 pub mod statement;
