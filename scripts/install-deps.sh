@@ -7,13 +7,19 @@
 # and, from PyPI, py-spiffe (`spiffe`), the Python SPIFFE Workload API client the identity
 # tests talk to, securesystemslib, the DSSE reference implementation, and in-toto-attestation,
 # the in-toto attestation framework's bindings (Statement v1, SLSA Provenance v1).
+# With --build, only what building needs (protoc and its .proto files), for `scripts/up.sh`.
 set -euo pipefail
+
+build_only=false
+[ "${1:-}" = "--build" ] && build_only=true
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+if ! $build_only; then
 { command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ]; } || need+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+fi
 
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing Debian packages: ${need[*]}" >&2
@@ -22,6 +28,8 @@ if [ "${#need[@]}" -gt 0 ]; then
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+$build_only && exit 0
 
 py=()
 python3 -c 'import spiffe' >/dev/null 2>&1 || py+=('spiffe==0.3.2')

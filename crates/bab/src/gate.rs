@@ -327,16 +327,24 @@ impl Gate {
                 "findings": verdict.findings,
                 "time": ringfence_provenance::slsa::format_time(now),
             });
+            // The job is admitted and audited; a notification that cannot be queued must not
+            // undo that, so it is logged as an error instead of failing the deploy.
             let security = self.outbox.config().security.clone();
-            self.outbox
-                .enqueue(&security, "bab.break-glass", body.clone(), now)?;
-            if let Some(owners) = self.owners_sink(&policies, job) {
-                self.outbox.enqueue(
+            if let Err(e) = self
+                .outbox
+                .enqueue(&security, "bab.break-glass", body.clone(), now)
+            {
+                tracing::error!(error = %e, "the security team could not be notified of a break-glass deploy");
+            }
+            if let Some(owners) = self.owners_sink(&policies, job)
+                && let Err(e) = self.outbox.enqueue(
                     &owners,
                     "bab.break-glass",
                     body,
                     now.saturating_add(self.outbox.config().owners_delay),
-                )?;
+                )
+            {
+                tracing::error!(error = %e, "the owners could not be notified of a break-glass deploy");
             }
             // Tell the security team now; a failure stays in the outbox and is retried.
             if let Err(e) = self.outbox.deliver_due(self.clock.as_ref()).await {
@@ -444,7 +452,9 @@ impl Gate {
                 });
                 match self.owners_sink(&policies, j) {
                     Some(owners) => {
-                        self.outbox.enqueue(&owners, "bab.flagged", body, now)?;
+                        if let Err(e) = self.outbox.enqueue(&owners, "bab.flagged", body, now) {
+                            tracing::error!(error = %e, job = %j.name, "the owners could not be notified of a flagged job");
+                        }
                     }
                     None => {
                         tracing::warn!(job = %j.name, "flagged job's policy names no owners sink")

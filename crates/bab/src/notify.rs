@@ -83,6 +83,10 @@ pub struct NotifyConfig {
     /// The sinks by name.
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// Where messages for a sink that is not configured go (`<dir>/<sink>.jsonl`, with a
+    /// warning), so a misnamed or missing sink loses nothing. Unset: such messages are refused.
+    #[serde(default)]
+    pub fallback_dir: Option<PathBuf>,
 }
 
 fn security() -> String {
@@ -99,6 +103,7 @@ impl Default for NotifyConfig {
             security: security(),
             owners_delay: hour(),
             sinks: BTreeMap::new(),
+            fallback_dir: None,
         }
     }
 }
@@ -191,7 +196,7 @@ impl Outbox {
         body: serde_json::Value,
         not_before: UnixTime,
     ) -> Result<Message, NotifyError> {
-        if !self.config.sinks.contains_key(sink) {
+        if !self.config.sinks.contains_key(sink) && self.config.fallback_dir.is_none() {
             return Err(NotifyError::Config(format!(
                 "{sink:?} is not configured (configured: {})",
                 self.config
@@ -295,11 +300,18 @@ impl Outbox {
             sink: msg.sink.clone(),
             why,
         };
-        let sink = self
-            .config
-            .sinks
-            .get(&msg.sink)
-            .ok_or_else(|| fail("the sink is no longer configured".into()))?;
+        let fallback;
+        let sink = match (self.config.sinks.get(&msg.sink), &self.config.fallback_dir) {
+            (Some(s), _) => s,
+            (None, Some(dir)) => {
+                tracing::warn!(sink = %msg.sink, dir = %dir.display(), "sink not configured: writing to a file in the fallback directory");
+                fallback = SinkConfig::File {
+                    path: dir.join(format!("{}.jsonl", msg.sink)),
+                };
+                &fallback
+            }
+            (None, None) => return Err(fail("the sink is no longer configured".into())),
+        };
         let envelope = serde_json::json!({
             "id": msg.id, "kind": msg.kind, "sink": msg.sink, "message": msg.body,
         });
@@ -307,6 +319,10 @@ impl Outbox {
             SinkConfig::File { path } => {
                 let mut line = serde_json::to_vec(&envelope).unwrap_or_default();
                 line.push(b'\n');
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| fail(format!("{}: {e}", parent.display())))?;
+                }
                 let mut f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)

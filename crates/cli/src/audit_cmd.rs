@@ -284,6 +284,17 @@ fn init(dir: &Path, origin: &str) -> Result<u8> {
     Ok(exit::SUCCESS)
 }
 
+/// Creates the audit log key in `dir` unless one exists; true when it created one.
+pub(crate) fn ensure_log_key(dir: &Path) -> Result<bool> {
+    if dir.join("log.key").exists() {
+        return Ok(false);
+    }
+    let signer = Signer::generate(DEFAULT_ORIGIN, TYPE_ED25519)?;
+    write_secret(&dir.join("log.key"), &signer.to_key_string())?;
+    std::fs::write(dir.join("log.pub"), format!("{}\n", signer.verifier()))?;
+    Ok(true)
+}
+
 fn write_secret(path: &Path, text: &str) -> Result<()> {
     crate::secrets::write_new(path, format!("{text}\n").as_bytes())
 }

@@ -120,7 +120,7 @@ async fn gate(settings: &Settings) -> Result<Gate> {
         .context(
             "admission writes every verdict to the audit log: run `ringfence audit init` first",
         )?;
-    let outbox = Outbox::open(&settings.data_dir.join("outbox"), settings.notify.clone())
+    let outbox = Outbox::open(&settings.data_dir.join("outbox"), settings.notify_config())
         .context("invalid [notify] configuration")?;
     let td = std::fs::read_to_string(settings.data_dir.join("identity").join("trust-domain"))
         .ok()

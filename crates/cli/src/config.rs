@@ -67,6 +67,26 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The notification settings, with files standing in for sinks that are not configured
+    /// (`<data-dir>/notifications/<name>.jsonl`), so a break-glass is never left unreported.
+    pub fn notify_config(&self) -> ringfence_bab::NotifyConfig {
+        let mut n = self.notify.clone();
+        if n.fallback_dir.is_none() {
+            n.fallback_dir = Some(self.data_dir.join("notifications"));
+        }
+        if !n.sinks.contains_key(&n.security) {
+            let path = self
+                .data_dir
+                .join("notifications")
+                .join(format!("{}.jsonl", n.security));
+            n.sinks
+                .insert(n.security.clone(), ringfence_bab::SinkConfig::File { path });
+        }
+        n
+    }
+}
+
 fn read_config(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;

@@ -11,6 +11,7 @@ mod exit;
 mod identity_cmd;
 mod secrets;
 mod store_cmd;
+mod up_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +72,13 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start everything that runs today with embedded defaults, admit the demo application,
+    /// and keep continuous verification running until Ctrl-C (again: resumes the same state)
+    Up {
+        /// Set up, admit, print the report, and exit instead of running on
+        #[arg(long)]
+        once: bool,
+    },
     /// Print the version and build details
     Version {
         /// Print JSON instead of text
@@ -134,6 +142,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
             print_version(json)?;
             Ok(exit::SUCCESS)
         }
+        Command::Up { once } => up_cmd::run(once, &settings).await,
         Command::Store(cmd) => store_cmd::run(cmd, &settings).await,
         Command::Audit(cmd) => audit_cmd::run(cmd, &settings).await,
         Command::Identity(cmd) => identity_cmd::run(cmd, &settings).await,

@@ -578,3 +578,64 @@ fn sigstore_bundles_verify_offline_from_the_command_line() {
     );
     assert!(out.contains("identity mismatch"), "{out}");
 }
+
+#[test]
+fn up_admits_the_demo_application_and_resumes_the_same_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let first = ok(d, &["up", "--once"]);
+    for want in [
+        "[1/5] store and audit log",
+        "LOCAL DEMO KEYS",
+        "web     admitted (compliant)",
+        "worker  admitted (dry-run)",
+        "docs    admitted (allow-all)",
+        "would break if enforced",
+        "[config-reviewed]",
+        "Try next:",
+    ] {
+        assert!(first.contains(want), "missing {want:?} in:\n{first}");
+    }
+    let digests = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.contains("sha256:") && l.starts_with("      ") && !l.contains('['))
+            .map(str::to_owned)
+            .collect()
+    };
+    // Again: the same images (by digest), the same policies, no duplicate running jobs.
+    let second = ok(d, &["up", "--once"]);
+    assert!(!second.contains("created the audit log key"));
+    assert_eq!(digests(&first), digests(&second));
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(d, &["bab", "report", "--output", "json"])).unwrap();
+    let jobs: u64 = report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["jobs"].as_u64().unwrap())
+        .sum();
+    assert_eq!(jobs, 3);
+    // The audit log holds every verdict and verifies.
+    let tail = ok(d, &["audit", "tail", "-n", "100"]);
+    assert!(
+        tail.contains("bab.admit") && tail.contains("would_deny"),
+        "{tail}"
+    );
+    ok(d, &["audit", "verify"]);
+    // The suggested break-glass works, and the security team's file sink hears of it.
+    let out = exits(
+        d,
+        0,
+        &[
+            "bab",
+            "admit",
+            "--job",
+            ".ringfence/demo/jobs/worker.yaml",
+            "--break-glass",
+            "INC-1: demo outage drill",
+        ],
+    );
+    assert!(out.contains("break-glass"), "{out}");
+    let sec = std::fs::read_to_string(d.join(".ringfence/notifications/security.jsonl")).unwrap();
+    assert!(sec.contains("INC-1: demo outage drill"), "{sec}");
+}
