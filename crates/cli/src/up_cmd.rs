@@ -206,7 +206,14 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
         4,
         "service policies, then admission of each job (every verdict in the audit log)",
     );
-    let outbox = Outbox::open(&data.join("outbox"), settings.notify_config())?;
+    let mut notify = settings.notify_config();
+    notify
+        .sinks
+        .entry("demo-owners".into())
+        .or_insert_with(|| ringfence_bab::SinkConfig::File {
+            path: data.join("notifications").join("demo-owners.jsonl"),
+        });
+    let outbox = Outbox::open(&data.join("outbox"), notify)?;
     let actor = SpiffeId::parse("spiffe://ringfence.local/ringfence/admission")?;
     let gate = Gate::new(
         Arc::clone(&store),
