@@ -848,20 +848,30 @@ fn check_review(
                     name.clone(),
                     "no owner approval".into(),
                 )),
-                Some(o) if o.name == p.author => fails.push((
-                    Requirement::OwnerApproval,
-                    name.clone(),
-                    format!(
-                        "the owner approval is by the author {:?} themself",
-                        p.author
-                    ),
-                )),
-                Some(o) if !rules.owners.is_empty() && !rules.owners.contains(&o.name) => fails
-                    .push((
+                Some(o)
+                    if review::same_person_key(&o.name) == review::same_person_key(&p.author) =>
+                {
+                    fails.push((
+                        Requirement::OwnerApproval,
+                        name.clone(),
+                        format!(
+                            "the owner approval is by the author {:?} themself",
+                            p.author
+                        ),
+                    ))
+                }
+                Some(o)
+                    if !rules.owners.is_empty()
+                        && !rules.owners.iter().any(|w| {
+                            review::same_person_key(w) == review::same_person_key(&o.name)
+                        }) =>
+                {
+                    fails.push((
                         Requirement::OwnerApproval,
                         name.clone(),
                         format!("{:?} is not an owner ({:?})", o.name, rules.owners),
-                    )),
+                    ))
+                }
                 Some(_) => {}
             }
         }

@@ -286,6 +286,46 @@ fn review_by_the_author_only_is_refused() {
 }
 
 #[test]
+fn case_and_space_variants_of_the_author_do_not_count_as_other_people() {
+    let f = Fixture::new();
+    let mut s = f.review_statement();
+    s["predicate"]["reviewers"] = json!([
+        {"name": "Alice", "timestamp": "2026-11-25T09:00:00Z"},
+        {"name": " alice ", "timestamp": "2026-11-25T09:00:00Z"},
+        {"name": "", "timestamp": "2026-11-25T09:00:00Z"}
+    ]);
+    s["predicate"]["ownerApproval"]["name"] = json!("ALICE");
+    let r = f.sign("review.json", &s, &[&f.reviewer]);
+    let v = run(&f, &f.policies("enforce", ""), &[f.provenance(), r]);
+    denied(
+        &v,
+        Requirement::Reviewers,
+        "0 approval(s) by someone other than the author",
+    );
+    denied(
+        &v,
+        Requirement::OwnerApproval,
+        "by the author \"alice\" themself",
+    );
+    // Bob twice, as "Bob" and "bob", is still one reviewer.
+    let mut s = f.review_statement();
+    s["predicate"]["reviewers"] = json!([
+        {"name": "Bob", "timestamp": "2026-11-25T09:00:00Z"},
+        {"name": "bob", "timestamp": "2026-11-25T09:00:00Z"}
+    ]);
+    let r = f.sign("review.json", &s, &[&f.reviewer]);
+    let yaml = f
+        .policy_yaml("enforce", "")
+        .replace("minReviewers: 1", "minReviewers: 2");
+    let policies = PolicySet::new(vec![Policy::from_yaml(&yaml).unwrap()]).unwrap();
+    denied(
+        &run(&f, &policies, &[f.provenance(), r]),
+        Requirement::Reviewers,
+        "1 approval(s) by someone other than the author \"alice\" (bob); 2 required",
+    );
+}
+
+#[test]
 fn owner_approval_missing_or_by_the_author_is_refused() {
     let f = Fixture::new();
     let mut s = f.review_statement();

@@ -97,17 +97,25 @@ impl Review {
         })
     }
 
-    /// Approvals by someone other than the author, each person counted once.
-    pub fn independent_reviewers(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self
+    /// Approvals by someone other than the author, each person counted once. Names compare
+    /// without regard to case or surrounding space (review systems treat `Alice` and `alice`
+    /// as one account), so neither a case variant of the author nor a repeated reviewer counts.
+    pub fn independent_reviewers(&self) -> Vec<String> {
+        let author = same_person_key(&self.predicate.author);
+        let mut names: Vec<String> = self
             .predicate
             .reviewers
             .iter()
-            .map(|a| a.name.as_str())
-            .filter(|n| *n != self.predicate.author)
+            .map(|a| same_person_key(&a.name))
+            .filter(|n| !n.is_empty() && *n != author)
             .collect();
         names.sort_unstable();
         names.dedup();
         names
     }
+}
+
+/// The form in which two account names are compared: trimmed, lowercase.
+pub fn same_person_key(name: &str) -> String {
+    name.trim().to_lowercase()
 }
