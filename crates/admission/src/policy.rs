@@ -404,6 +404,20 @@ impl Policy {
                 "spec.continuousVerification.interval must be between 1s and 24h",
             ));
         }
+        if s.allow_all.is_some() && s.opt_out.is_some() {
+            return Err(invalid("allowAll and optOut exclude each other"));
+        }
+        for i in 0..s.builders.len() {
+            if s.builders
+                .iter()
+                .skip(i + 1)
+                .any(|b| s.builders.get(i).is_some_and(|a| a.id == b.id))
+            {
+                return Err(invalid(
+                    "a builder id is listed twice: list its keys once, under one threshold",
+                ));
+            }
+        }
         if let Some(e) = s.allow_all.as_ref().or(s.opt_out.as_ref())
             && (e.justification.trim().is_empty() || e.approved_by.trim().is_empty())
         {
@@ -520,8 +534,14 @@ impl Policy {
     }
 }
 
-/// Glob match: `*` matches within one `/`-separated segment, `**` matches across segments,
-/// everything else literally.
+/// Glob match: `*` matches one or more characters within one `/`-separated segment, `**`
+/// matches across segments, everything else literally.
+///
+/// SECURITY: a text that could name something other than what it spells is never matched:
+/// `.` or `..` or empty path segments (after an optional `scheme://`), percent-escapes, `?`,
+/// `#`, `@`, backslashes, whitespace and control characters. So
+/// `https://git.acme.test/payments/**` does not match `https://git.acme.test/payments/../evil`,
+/// and `https://*.acme.test/**` does not match `https://evil.test#.acme.test/x`.
 pub fn glob(pattern: &str, text: &str) -> bool {
     fn go(p: &[u8], t: &[u8]) -> bool {
         match p.split_first() {
@@ -531,7 +551,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
                     (0..=t.len()).any(|i| t.get(i..).is_some_and(|tail| go(rest2, tail)))
                 } else {
                     let seg = t.iter().position(|c| *c == b'/').unwrap_or(t.len());
-                    (0..=seg).any(|i| t.get(i..).is_some_and(|tail| go(rest, tail)))
+                    (1..=seg).any(|i| t.get(i..).is_some_and(|tail| go(rest, tail)))
                 }
             }
             Some((c, rest)) => match t.split_first() {
@@ -540,7 +560,30 @@ pub fn glob(pattern: &str, text: &str) -> bool {
             },
         }
     }
-    go(pattern.as_bytes(), text.as_bytes())
+    !ambiguous(text) && go(pattern.as_bytes(), text.as_bytes())
+}
+
+fn ambiguous(text: &str) -> bool {
+    if text.is_empty()
+        || text.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '%' | '?' | '#' | '@' | '\\')
+        })
+    {
+        return true;
+    }
+    let path = match text.split_once("://") {
+        Some((scheme, rest))
+            if !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+        {
+            rest
+        }
+        _ => text,
+    };
+    path.split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
 }
 
 /// A set of policies; at most one applies to a (namespace, service, environment).

@@ -545,7 +545,10 @@ fn check(ctx: &mut Ctx<'_>, attestations: &[Attestation]) {
         let mut ok = false;
         for c in candidates {
             match verify_with(c, keys) {
-                Ok(stmt) if stmt.covers(&image.digest) => {
+                Ok(stmt)
+                    if stmt.predicate_type() == req.predicate_type
+                        && stmt.covers(&image.digest) =>
+                {
                     ok = true;
                     break;
                 }
@@ -847,6 +850,11 @@ fn check_review(
                     Requirement::OwnerApproval,
                     name.clone(),
                     "no owner approval".into(),
+                )),
+                Some(o) if o.name.trim().is_empty() => fails.push((
+                    Requirement::OwnerApproval,
+                    name.clone(),
+                    "the owner approval names nobody".into(),
                 )),
                 Some(o)
                     if review::same_person_key(&o.name) == review::same_person_key(&p.author) =>

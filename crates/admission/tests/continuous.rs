@@ -215,7 +215,12 @@ fn globs_stay_within_path_segments_unless_doubled() {
 
 proptest::proptest! {
     #[test]
-    fn a_literal_pattern_matches_only_itself(a in "[a-z/]{0,12}", b in "[a-z/]{0,12}") {
-        proptest::prop_assert_eq!(glob(&a, &b), a == b);
+    fn a_literal_pattern_never_matches_another_text(a in "[a-z/]{0,12}", b in "[a-z/]{0,12}") {
+        proptest::prop_assert!(!glob(&a, &b) || a == b);
+    }
+
+    #[test]
+    fn a_plain_path_matches_itself(a in "[a-z]{1,5}(/[a-z]{1,5}){0,3}") {
+        proptest::prop_assert!(glob(&a, &a));
     }
 }

@@ -580,6 +580,8 @@ fn policies_refuse_unknown_fields_and_contradictions() {
         (f.policy_yaml("enforce", "").replace("kind: ServicePolicy", "kind: Job"), "kind \"Job\" is not ServicePolicy"),
         ("apiVersion: ringfence.dev/v1\nkind: ServicePolicy\nmetadata: {name: x}\nspec: {namespace: a, service: b}\n".into(), "the policy requires nothing"),
         (f.policy_yaml("enforce", "").replace("service: web", "service: Web"), "spec.service"),
+        (f.policy_yaml("enforce", "").replace("  source:\n", &format!("    - id: {BUILDER}\n      keys: [{{name: x, publicKey: {}}}]\n  source:\n", serde_json::to_string(&f.other.public_key().spki_pem()).unwrap())), "a builder id is listed twice"),
+        ("apiVersion: ringfence.dev/v1\nkind: ServicePolicy\nmetadata: {name: x}\nspec: {namespace: a, service: b, allowAll: {justification: j, approvedBy: c}, optOut: {justification: j, approvedBy: c}}\n".into(), "allowAll and optOut exclude each other"),
     ];
     for (yaml, want) in cases {
         let err = Policy::from_yaml(&yaml).unwrap_err().to_string();

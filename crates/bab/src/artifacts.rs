@@ -128,9 +128,9 @@ impl ArtifactStore {
         if dst.exists() {
             return Ok(0);
         }
-        let tmp = dst.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = dst.with_extension(format!("tmp.{}", ringfence_audit::event::new_event_id()));
         let mut input = std::fs::File::open(src).map_err(io(src))?;
-        let mut out = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut out = std::fs::File::create_new(&tmp).map_err(io(&tmp))?;
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         let mut buf = vec![0u8; 64 * 1024];
         let mut n_total = 0u64;
@@ -168,8 +168,8 @@ impl ArtifactStore {
         if dst.exists() {
             return Ok((digest, 0));
         }
-        let tmp = dst.with_extension(format!("tmp{}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let tmp = dst.with_extension(format!("tmp.{}", ringfence_audit::event::new_event_id()));
+        let mut f = std::fs::File::create_new(&tmp).map_err(io(&tmp))?;
         f.write_all(bytes)
             .and_then(|()| f.sync_all())
             .map_err(io(&tmp))?;
@@ -237,7 +237,10 @@ impl ArtifactStore {
             }
         }
         let path = self.record_path(&image.digest);
-        let tmp = path.with_extension("json.tmp");
+        let tmp = path.with_extension(format!(
+            "json.tmp.{}",
+            ringfence_audit::event::new_event_id()
+        ));
         std::fs::write(&tmp, serde_json::to_vec_pretty(&record).unwrap_or_default())
             .map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;

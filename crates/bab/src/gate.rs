@@ -414,33 +414,43 @@ impl Gate {
                 .and_then(|v| serde_json::from_slice(&v.value).ok());
             let changed = previous.as_ref().map(|p| (&p.flags, p.revoke_svid))
                 != Some((&s.flags, s.revoke_svid));
+            // Restricting fails safe: the status (and a withheld SVID) is saved before the
+            // audit entry, so an audit log that is down cannot keep a failing job renewed.
+            if changed {
+                let bytes = serde_json::to_vec(s).map_err(|e| GateError::Invalid(e.to_string()))?;
+                self.store.put(&key, bytes, Expect::Any).await?;
+            }
             if changed && s.alert {
                 let j = &s.job;
-                self.record(
-                    Event::new(
-                        now,
-                        self.actor.clone(),
-                        "bab.reverify",
-                        format!("{}/{}/{}/{}", j.namespace, j.service, j.environment, j.name),
-                        if s.now.basis == Basis::Denied {
-                            Decision::Deny
-                        } else {
-                            Decision::WouldDeny
-                        },
-                        truncate(
-                            &s.now
-                                .findings
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join("; "),
-                            8 * 1024,
-                        ),
+                let audited = self
+                    .record(
+                        Event::new(
+                            now,
+                            self.actor.clone(),
+                            "bab.reverify",
+                            format!("{}/{}/{}/{}", j.namespace, j.service, j.environment, j.name),
+                            if s.now.basis == Basis::Denied {
+                                Decision::Deny
+                            } else {
+                                Decision::WouldDeny
+                            },
+                            truncate(
+                                &s.now
+                                    .findings
+                                    .iter()
+                                    .map(ToString::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join("; "),
+                                8 * 1024,
+                            ),
+                        )
+                        .with_detail("deployment", &s.id)
+                        .with_detail("revoke_svid", s.revoke_svid.to_string()),
                     )
-                    .with_detail("deployment", &s.id)
-                    .with_detail("revoke_svid", s.revoke_svid.to_string()),
-                )
-                .await?;
+                    .await;
+                if let Err(e) = audited {
+                    tracing::error!(error = %e, job = %j.name, "a flagged job could not be audited; its status is saved");
+                }
                 let body = serde_json::json!({
                     "event": "job flagged by continuous verification",
                     "deployment": s.id,
@@ -460,10 +470,6 @@ impl Gate {
                         tracing::warn!(job = %j.name, "flagged job's policy names no owners sink")
                     }
                 }
-            }
-            if changed {
-                let bytes = serde_json::to_vec(s).map_err(|e| GateError::Invalid(e.to_string()))?;
-                self.store.put(&key, bytes, Expect::Any).await?;
             }
         }
         if let Err(e) = self.outbox.deliver_due(self.clock.as_ref()).await {
@@ -512,15 +518,29 @@ impl Gate {
                         return Err(GateError::Invalid("the store's watch ended".into()));
                     }
                     tracing::info!("a service policy changed: re-verifying every running job");
-                    next = self.pass_and_next(max_interval).await?;
+                    next = self.pass_or_retry(max_interval).await;
                 }
                 _ = tick.tick() => {
                     if self.clock.now() >= next {
-                        next = self.pass_and_next(max_interval).await?;
+                        next = self.pass_or_retry(max_interval).await;
                     } else if let Err(e) = self.outbox.deliver_due(self.clock.as_ref()).await {
                         tracing::warn!(error = %e, "outbox delivery failed; retried later");
                     }
                 }
+            }
+        }
+    }
+
+    /// A pass; when it fails (the Store unreachable, say), the error is logged and the next
+    /// attempt comes in a minute instead of ending continuous verification.
+    async fn pass_or_retry(&self, max_interval: std::time::Duration) -> ringfence_core::UnixTime {
+        match self.pass_and_next(max_interval).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(error = %e, "continuous verification pass failed; retrying in a minute");
+                self.clock
+                    .now()
+                    .saturating_add(std::time::Duration::from_secs(60))
             }
         }
     }

@@ -150,6 +150,25 @@ impl Provenance {
     }
 }
 
+/// True when a resolved dependency's URI (`git+<repo>[@<ref>]`) names exactly `repository`
+/// (an optional `.git` suffix aside) — not a repository whose name merely starts the same.
+fn same_repository(uri: &str, repository: &str) -> bool {
+    if repository.is_empty() {
+        return false;
+    }
+    let uri = uri.strip_prefix("git+").unwrap_or(uri);
+    // The ref follows the last '@' after the host (userinfo is not expected in these URIs).
+    let base = match uri.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((path, _ref)) => format!("{scheme}://{path}"),
+            None => uri.to_owned(),
+        },
+        None => uri.to_owned(),
+    };
+    let norm = |s: &str| s.trim_end_matches('/').trim_end_matches(".git").to_owned();
+    norm(&base) == norm(repository)
+}
+
 fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
@@ -177,7 +196,7 @@ fn find_source(params: &Value, deps: &[RawResource]) -> Result<Option<Source>, S
     {
         let commit = deps
             .iter()
-            .find(|d| d.uri.contains(repository.trim_start_matches("https://")))
+            .find(|d| same_repository(&d.uri, repository))
             .and_then(|d| d.digest.get("gitCommit"));
         if let Some(commit) = commit {
             return Ok(Some(Source {

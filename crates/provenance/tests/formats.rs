@@ -91,6 +91,36 @@ fn slsa_workflow_form_reads_the_commit_from_resolved_dependencies() {
     let p = Provenance::from_statement(&stmt).unwrap();
     assert_eq!(p.source.unwrap().git_ref, "refs/tags/v1");
     assert_eq!(p.finished_on, None);
+
+    // A dependency whose repository merely starts with the same name does not give the commit.
+    let other = "fedcba9876543210fedcba9876543210fedcba98";
+    let pred = json!({
+        "buildDefinition": {
+            "buildType": "https://actions.github.io/buildtypes/workflow/v1",
+            "externalParameters": {"workflow": {"repository": "https://github.com/acme/payments", "ref": "refs/tags/v1"}},
+            "resolvedDependencies": [
+                {"uri": "git+https://github.com/acme/payments-tools@refs/heads/main", "digest": {"gitCommit": other}},
+                {"uri": "git+https://github.com/acme/payments.git@refs/tags/v1", "digest": {"gitCommit": COMMIT}}
+            ]
+        },
+        "runDetails": {"builder": {"id": "https://github.com/actions/runner"}}
+    });
+    let stmt = signed(
+        &key,
+        &statement::build(
+            &[("x", &Sha256::of(b"x").to_string())],
+            slsa::PREDICATE_TYPE,
+            pred,
+        ),
+    );
+    assert_eq!(
+        Provenance::from_statement(&stmt)
+            .unwrap()
+            .source
+            .unwrap()
+            .commit,
+        COMMIT
+    );
 }
 
 #[test]
