@@ -28,11 +28,21 @@ struct Setup {
     now: UnixTime,
 }
 
-fn keys() -> Result<[SigningKey; 2]> {
-    Ok([
-        SigningKey::generate_p256()?.0,
-        SigningKey::generate_p256()?.0,
-    ])
+/// The key type attestors sign with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyType {
+    /// ECDSA P-256 (the default for builders and review systems)
+    P256,
+    /// Ed25519
+    Ed25519,
+}
+
+fn keys(kind: KeyType) -> Result<[SigningKey; 2]> {
+    let one = || match kind {
+        KeyType::P256 => SigningKey::generate_p256(),
+        KeyType::Ed25519 => SigningKey::generate_ed25519(),
+    };
+    Ok([one()?.0, one()?.0])
 }
 
 fn pems(keys: &[SigningKey; 2], name: &str) -> String {
@@ -58,8 +68,8 @@ fn sign(stmt: &serde_json::Value, keys: &[SigningKey; 2], name: &str) -> Result<
     })
 }
 
-fn setup() -> Result<Setup> {
-    let (b, r, s) = (keys()?, keys()?, keys()?);
+fn setup(kind: KeyType) -> Result<Setup> {
+    let (b, r, s) = (keys(kind)?, keys(kind)?, keys(kind)?);
     let yaml = format!(
         "apiVersion: ringfence.dev/v1\nkind: ServicePolicy\nmetadata: {{name: web}}\nspec:\n  namespace: payments\n  service: web\n  images: {{repositories: [\"registry.acme.test/payments/*\"]}}\n  builders:\n    - id: https://builder.acme.test/v1\n      threshold: 2\n      keys:\n{}  source: {{repositories: [\"https://git.acme.test/**\"], refs: [refs/heads/main]}}\n  review:\n    minReviewers: 1\n    configReviewed: true\n    threshold: 2\n    keys:\n{}  attestations:\n    - predicateType: {SCAN}\n      threshold: 2\n      keys:\n{}  maxAge: 30days\n",
         pems(&b, "ci"),
@@ -109,9 +119,27 @@ fn setup() -> Result<Setup> {
     })
 }
 
-/// Raw P-256 verifications per second on one core: a key parsed once, a DER signature over a
-/// 1 KiB message (about one statement's PAE), straight through aws-lc.
-fn verify_ceiling(period: Duration) -> Result<f64> {
+/// Raw verifications per second on one core: a key parsed once, a signature over a 1 KiB
+/// message (about one statement's PAE), straight through aws-lc.
+fn verify_ceiling(period: Duration, kind: KeyType) -> Result<f64> {
+    if kind == KeyType::Ed25519 {
+        use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, ParsedPublicKey};
+        let doc = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
+            .map_err(|_| anyhow::anyhow!("keygen"))?;
+        let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|_| anyhow::anyhow!("key"))?;
+        let message = vec![7u8; 1024];
+        let sig = pair.sign(&message);
+        let key = ParsedPublicKey::new(&ED25519, pair.public_key().as_ref())
+            .map_err(|_| anyhow::anyhow!("parse"))?;
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < period {
+            key.verify_sig(&message, sig.as_ref())
+                .map_err(|_| anyhow::anyhow!("verify"))?;
+            n += 1;
+        }
+        return Ok(n as f64 / start.elapsed().as_secs_f64());
+    }
     use aws_lc_rs::signature::{
         ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair,
         ParsedPublicKey,
@@ -137,8 +165,8 @@ fn verify_ceiling(period: Duration) -> Result<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-pub fn run(seconds: f64, jobs: usize) -> Result<()> {
-    let s = setup()?;
+pub fn run(seconds: f64, jobs: usize, kind: KeyType) -> Result<()> {
+    let s = setup(kind)?;
     let first = evaluate(
         &s.policies,
         &s.job,
@@ -153,8 +181,8 @@ pub fn run(seconds: f64, jobs: usize) -> Result<()> {
     );
     let period = Duration::from_secs_f64(seconds);
 
-    eprintln!("measuring the P-256 verify ceiling (one core, {seconds}s)...");
-    let ceiling_verifies = verify_ceiling(period)?;
+    eprintln!("measuring the {kind:?} verify ceiling (one core, {seconds}s)...");
+    let ceiling_verifies = verify_ceiling(period, kind)?;
     let ceiling_verdicts = ceiling_verifies / 6.0;
 
     eprintln!("measuring verdicts (one core, {seconds}s)...");
@@ -202,7 +230,7 @@ pub fn run(seconds: f64, jobs: usize) -> Result<()> {
         ("verdict p50", format!("{:.3} ms", f.p50_ms)),
         ("verdict p99", format!("{:.3} ms", f.p99_ms)),
         (
-            "P-256 verifies/s (one core, ceiling)",
+            "verifies/s (one core, ceiling)",
             format!("{ceiling_verifies:.0}"),
         ),
         (
@@ -221,7 +249,7 @@ pub fn run(seconds: f64, jobs: usize) -> Result<()> {
             ),
         ),
     ];
-    println!("\nBinary Authorization (3 attestations x 2 signatures)");
+    println!("\nBinary Authorization (3 attestations x 2 {kind:?} signatures)");
     for (k, v) in rows {
         println!("  {k:<40} {v}");
     }
@@ -234,10 +262,11 @@ pub fn run(seconds: f64, jobs: usize) -> Result<()> {
         "{}",
         json!({
             "bench": "admission",
+            "key_type": format!("{kind:?}").to_lowercase(),
             "verdicts_per_s_one_core": f.per_second.round(),
             "verdict_p50_ms": (f.p50_ms * 1000.0).round() / 1000.0,
             "verdict_p99_ms": (f.p99_ms * 1000.0).round() / 1000.0,
-            "p256_verifies_per_s_one_core": ceiling_verifies.round(),
+            "verifies_per_s_one_core": ceiling_verifies.round(),
             "verdicts_vs_ceiling": ((f.per_second / ceiling_verdicts) * 1000.0).round() / 1000.0,
             "reverify_jobs": jobs,
             "reverify_seconds": (reverify_all.as_secs_f64() * 1000.0).round() / 1000.0,

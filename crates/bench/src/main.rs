@@ -54,6 +54,9 @@ enum Bench {
         /// Running jobs re-verified
         #[arg(long, default_value_t = 10_000)]
         jobs: usize,
+        /// The attestors' key type
+        #[arg(long, value_enum, default_value = "p256")]
+        key_type: admission::KeyType,
     },
     /// X.509-SVIDs issued per second end to end (CSR checks + signing + audit append), a
     /// burst re-issue, and the P-256 sign/verify ceiling in the same run
@@ -78,6 +81,10 @@ fn main() -> anyhow::Result<()> {
         }
         Bench::Audit { entries, dir } => runtime.block_on(audit::run(entries, &dir)),
         Bench::Identity { count, dir } => runtime.block_on(identity::run(count, &dir)),
-        Bench::Admission { seconds, jobs } => admission::run(seconds, jobs),
+        Bench::Admission {
+            seconds,
+            jobs,
+            key_type,
+        } => admission::run(seconds, jobs, key_type),
     }
 }

@@ -420,6 +420,16 @@ impl SigningKey {
         Ok((Self::from_pkcs8_der(&der)?, der))
     }
 
+    /// A new Ed25519 key, with its PKCS#8 DER (to store it).
+    pub fn generate_ed25519() -> Result<(Self, Vec<u8>), DsseError> {
+        let doc = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .map_err(|_| DsseError::Malformed("could not generate an Ed25519 key".into()))?;
+        let der = doc.as_ref().to_vec();
+        Ok((Self::from_pkcs8_der(&der)?, der))
+    }
+
     /// From PKCS#8 DER holding a P-256 or Ed25519 private key.
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, DsseError> {
         let kind = if let Ok(k) = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
