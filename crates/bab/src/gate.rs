@@ -16,7 +16,7 @@ use ringfence_admission::report::{self, Report};
 use ringfence_admission::verdict::{Attestation, Basis, Job, Request, Verdict, evaluate};
 use ringfence_audit::{AuditError, AuditSink, Decision, Event};
 use ringfence_core::{Clock, Name, SpiffeId};
-use ringfence_store::{Expect, Key, PageRequest, Prefix, Store, StoreError};
+use ringfence_store::{Compare, Expect, Key, PageRequest, Prefix, Store, StoreError, Txn};
 
 use crate::notify::{NotifyError, Outbox};
 
@@ -58,6 +58,27 @@ pub struct Gate {
     outbox: Outbox,
     clock: Arc<dyn Clock>,
     actor: SpiffeId,
+}
+
+/// Bumped by every policy change; the compare-and-swap guard of the policy set.
+const POLICY_GENERATION: &str = "/bab/policy-generation";
+
+/// A transaction that holds only if the policy set's generation is still `seen`, and bumps it.
+fn policy_txn(generation: &Key, seen: Option<&ringfence_store::Versioned>) -> Txn {
+    let next = seen
+        .and_then(|v| {
+            std::str::from_utf8(&v.value)
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0)
+        .saturating_add(1);
+    let expect = seen.map_or(Expect::Absent, |v| Expect::Revision(v.mod_revision));
+    Txn::new()
+        .compare(Compare::new(generation.clone(), expect))
+        .put(generation.clone(), next.to_string().into_bytes())
 }
 
 fn prefix(p: &str) -> Result<Prefix, GateError> {
@@ -152,42 +173,70 @@ impl Gate {
 
     /// Applies (creates or replaces) a policy, audits the change, and re-verifies every running
     /// job at once: tightening a policy flags the jobs it now refuses.
+    ///
+    /// The overlap check and the write are one compare-and-swap on the policy set's generation
+    /// key, so two concurrent applies cannot both store policies that govern the same service.
     pub async fn apply_policy(&self, yaml: &str, by: &str) -> Result<Applied, GateError> {
         let policy = Policy::from_yaml(yaml)?;
-        let mut all: Vec<Policy> = self
-            .policies()
-            .await?
-            .policies()
-            .iter()
-            .filter(|p| p.name() != policy.name())
-            .cloned()
-            .collect();
-        all.push(policy.clone());
-        PolicySet::new(all)?; // no two policies may govern the same service and environment
         let key = Key::from_segments(["bab", "policies", policy.name()])?;
-        let created = self.store.get(&key).await?.is_none();
-        self.record(
-            Event::new(
-                self.clock.now(),
-                self.actor.clone(),
-                "bab.policy.apply",
-                format!("policy/{}", policy.name()),
-                Decision::Info,
-                format!(
-                    "{} policy for {}/{} ({:?})",
-                    if created { "created" } else { "replaced" },
-                    policy.spec().namespace,
-                    policy.spec().service,
-                    policy.spec().mode
-                ),
+        let generation = Key::new(POLICY_GENERATION)?;
+        let mut created = false;
+        let mut stored = false;
+        for _ in 0..5 {
+            let gen_now = self.store.get(&generation).await?;
+            let mut all: Vec<Policy> = self
+                .policies()
+                .await?
+                .policies()
+                .iter()
+                .filter(|p| p.name() != policy.name())
+                .cloned()
+                .collect();
+            all.push(policy.clone());
+            PolicySet::new(all)?; // no two policies may govern the same service and environment
+            created = self.store.get(&key).await?.is_none();
+            self.record(
+                Event::new(
+                    self.clock.now(),
+                    self.actor.clone(),
+                    "bab.policy.apply",
+                    format!("policy/{}", policy.name()),
+                    Decision::Info,
+                    format!(
+                        "{} policy for {}/{} ({:?})",
+                        if created { "created" } else { "replaced" },
+                        policy.spec().namespace,
+                        policy.spec().service,
+                        policy.spec().mode
+                    ),
+                )
+                .with_detail("by", by)
+                .with_detail("digest", policy.digest.to_string()),
             )
-            .with_detail("by", by)
-            .with_detail("digest", policy.digest.to_string()),
-        )
-        .await?;
-        self.store
-            .put(&key, yaml.as_bytes().to_vec(), Expect::Any)
             .await?;
+            match self
+                .store
+                .txn(
+                    policy_txn(&generation, gen_now.as_ref())
+                        .put(key.clone(), yaml.as_bytes().to_vec()),
+                )
+                .await
+            {
+                Ok(_) => {
+                    stored = true;
+                    break;
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    tracing::info!("the policy set changed meanwhile; checking again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !stored {
+            return Err(GateError::Invalid(
+                "the policy set kept changing; try again".into(),
+            ));
+        }
         let statuses = self.reverify().await?;
         Ok(Applied {
             policy,
@@ -214,7 +263,11 @@ impl Gate {
             .with_detail("by", by),
         )
         .await?;
-        self.store.delete(&key, Expect::Any).await?;
+        let generation = Key::new(POLICY_GENERATION)?;
+        let gen_now = self.store.get(&generation).await?;
+        self.store
+            .txn(policy_txn(&generation, gen_now.as_ref()).delete(key))
+            .await?;
         self.reverify().await?;
         Ok(true)
     }

@@ -553,3 +553,42 @@ async fn dry_run_admits_and_the_audit_log_records_the_would_deny() {
     assert_eq!(report.services[0].dry_run_would_deny, 1);
     hook.task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_applies_never_store_two_policies_for_one_service() {
+    let f = Fixture::new();
+    let e = env();
+    let hook = receiver(200, 0).await;
+    let outbox = Outbox::open(&e.dir.join("outbox"), config(&e, &hook.url)).unwrap();
+    let gate = Gate::new(
+        Arc::clone(&e.store),
+        Arc::new(log(&e).await),
+        outbox,
+        e.clock.clone(),
+        actor(),
+    );
+    for round in 0..5 {
+        let a = f
+            .policy_yaml("enforce", "")
+            .replace("name: web-production", &format!("name: a{round}"));
+        let b = f
+            .policy_yaml("dry-run", "")
+            .replace("name: web-production", &format!("name: b{round}"));
+        let (ra, rb) = tokio::join!(
+            gate.apply_policy(&a, "carol"),
+            gate.apply_policy(&b, "dave")
+        );
+        assert!(
+            ra.is_ok() != rb.is_ok(),
+            "exactly one of two overlapping policies is stored (round {round})"
+        );
+        let err = ra.err().or(rb.err()).unwrap().to_string();
+        assert!(err.contains("both govern payments/web"), "{err}");
+        assert_eq!(gate.policies().await.unwrap().policies().len(), 1);
+        let name = gate.policies().await.unwrap().policies()[0]
+            .name()
+            .to_owned();
+        gate.delete_policy(&name, "carol").await.unwrap();
+    }
+    hook.task.abort();
+}
