@@ -592,3 +592,71 @@ async fn concurrent_applies_never_store_two_policies_for_one_service() {
     }
     hook.task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reverifies_when_attestations_age_out_and_when_a_policy_changes() {
+    let f = Fixture::new();
+    let e = env();
+    let hook = receiver(200, 0).await;
+    let outbox = Outbox::open(&e.dir.join("outbox"), config(&e, &hook.url)).unwrap();
+    let gate = Gate::new(
+        Arc::clone(&e.store),
+        Arc::new(log(&e).await),
+        outbox,
+        e.clock.clone(),
+        actor(),
+    );
+    gate.apply_policy(&f.policy_yaml("enforce", ""), "carol")
+        .await
+        .unwrap();
+    assert!(
+        gate.admit(&f.job(), &f.attestations(), &Request::Normal, "alice")
+            .await
+            .unwrap()
+            .admit
+    );
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let watcher = {
+        let gate = gate.clone();
+        tokio::spawn(async move { gate.watch(Duration::from_secs(24 * 3600), rx).await })
+    };
+    let wait_for = |want: usize| {
+        let gate = gate.clone();
+        async move {
+            for _ in 0..50 {
+                if gate.revoked().await.unwrap().len() == want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    assert!(wait_for(0).await);
+    // The review ages out (maxAge 30 days): the next tick's pass flags the job, no command needed.
+    e.clock.advance(Duration::from_secs(31 * 86400));
+    assert!(
+        wait_for(1).await,
+        "watch did not re-verify when the attestation aged out"
+    );
+    // A policy change made elsewhere (a raw Store write, as another replica would) triggers a
+    // pass at once: relaxing maxAge clears the flag.
+    let relaxed = f
+        .policy_yaml("enforce", "")
+        .replace("maxAge: 30days", "maxAge: 400days");
+    e.store
+        .put(
+            &Key::new("/bab/policies/web-production").unwrap(),
+            relaxed.into_bytes(),
+            ringfence_store::Expect::Any,
+        )
+        .await
+        .unwrap();
+    assert!(
+        wait_for(0).await,
+        "watch did not re-verify after the policy changed"
+    );
+    tx.send(true).unwrap();
+    watcher.await.unwrap().unwrap();
+    hook.task.abort();
+}
