@@ -639,3 +639,47 @@ fn up_admits_the_demo_application_and_resumes_the_same_state() {
     let sec = std::fs::read_to_string(d.join(".ringfence/notifications/security.jsonl")).unwrap();
     assert!(sec.contains("INC-1: demo outage drill"), "{sec}");
 }
+
+#[test]
+fn up_runs_until_ctrl_c_and_stops_cleanly() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .current_dir(tmp.path())
+        .arg("up")
+        .env_remove("RINGFENCE_CONFIG")
+        .env_remove("RINGFENCE_STORE")
+        .env_remove("RINGFENCE_DATA_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut running = false;
+    while std::time::Instant::now() < deadline {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("Continuous verification is running") => {
+                running = true;
+                break;
+            }
+            Some(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    assert!(running, "ringfence up did not reach its running state");
+    // Ctrl-C, sent to this child by its PID.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("stopped; run `ringfence up` again to resume")),
+        "{rest:?}"
+    );
+}
