@@ -189,7 +189,7 @@ pub struct Exemption {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContinuousSpec {
     /// How often running jobs are re-checked (at most 24h).
-    #[serde(default = "day", with = "dur")]
+    #[serde(default = "day", with = "duration")]
     pub interval: Duration,
     /// A failing job loses SVID renewal.
     #[serde(default)]
@@ -264,11 +264,14 @@ pub struct Spec {
     pub notify: NotifySpec,
 }
 
-mod dur {
+/// Serde for a `Duration` written as humantime text (`24h`, `90days`).
+pub mod duration {
     use serde::{Deserialize, Deserializer, Serializer};
+    /// Writes the duration as humantime text.
     pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
+    /// Reads humantime text.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))

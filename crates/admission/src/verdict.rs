@@ -61,6 +61,14 @@ pub enum Request {
     },
 }
 
+/// The name serde gives a unit variant (`config-reviewed`, `break-glass`).
+fn serde_name(v: &impl Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// The requirement a finding is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -103,11 +111,7 @@ pub enum Requirement {
 
 impl fmt::Display for Requirement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        f.write_str(&s)
+        f.write_str(&serde_name(self))
     }
 }
 
@@ -152,11 +156,7 @@ pub enum Basis {
 
 impl fmt::Display for Basis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        f.write_str(&s)
+        f.write_str(&serde_name(self))
     }
 }
 
@@ -209,47 +209,43 @@ impl Ctx<'_> {
     }
 
     /// Checks an attestation's time against maxAge and the clock; records when it ages out.
-    fn check_time(&mut self, what: &str, att: &str, t: Option<UnixTime>) -> bool {
+    /// A failure names the attestation, for the candidate's list of failures.
+    fn check_time(&mut self, what: &str, att: &str, t: Option<UnixTime>) -> Result<(), Failure> {
+        let fail = |r: Requirement, m: String| (r, att.to_owned(), m);
         let Some(t) = t else {
             if self.policy.spec().max_age.is_some() {
-                self.add(
+                return Err(fail(
                     Requirement::MaxAge,
-                    Some(att),
                     format!("the {what} carries no time, and the policy sets a maximum age"),
-                );
-                return false;
+                ));
             }
-            return true;
+            return Ok(());
         };
         if t > self.now.saturating_add(MAX_CLOCK_SKEW) {
-            self.add(
+            return Err(fail(
                 Requirement::NotYetValid,
-                Some(att),
                 format!(
                     "the {what} is dated {} — in the future (now {})",
                     slsa::format_time(t),
                     slsa::format_time(self.now)
                 ),
-            );
-            return false;
+            ));
         }
         if let Some(max) = self.policy.spec().max_age {
             let until = t.saturating_add(max);
             if until <= self.now {
-                self.add(
+                return Err(fail(
                     Requirement::MaxAge,
-                    Some(att),
                     format!(
                         "the {what} is dated {}, older than the policy's maximum age {}",
                         slsa::format_time(t),
                         humantime::format_duration(max)
                     ),
-                );
-                return false;
+                ));
             }
             self.valid_until = Some(self.valid_until.map_or(until, |v| v.min(until)));
         }
-        true
+        Ok(())
     }
 }
 
@@ -706,17 +702,10 @@ fn check_provenance(
             }
         }
         if fails.is_empty() {
-            let before = ctx.findings.len();
-            if ctx.check_time("provenance", &name, prov.finished_on) {
-                return prov.source;
+            match ctx.check_time("provenance", &name, prov.finished_on) {
+                Ok(()) => return prov.source,
+                Err(f) => fails.push(f),
             }
-            // Time failures were recorded directly; move them into this candidate's list.
-            let timed: Vec<Finding> = ctx.findings.drain(before..).collect();
-            fails.extend(
-                timed
-                    .into_iter()
-                    .map(|f| (f.requirement, f.attestation.unwrap_or_default(), f.message)),
-            );
         }
         keep_best(&mut best, fails);
     }
@@ -904,16 +893,10 @@ fn check_review(
             ));
         }
         if fails.is_empty() {
-            let before = ctx.findings.len();
-            if ctx.check_time("review", &name, Some(review.merged_on)) {
-                return;
+            match ctx.check_time("review", &name, Some(review.merged_on)) {
+                Ok(()) => return,
+                Err(f) => fails.push(f),
             }
-            let timed: Vec<Finding> = ctx.findings.drain(before..).collect();
-            fails.extend(
-                timed
-                    .into_iter()
-                    .map(|f| (f.requirement, f.attestation.unwrap_or_default(), f.message)),
-            );
         }
         keep_best(&mut best, fails);
     }

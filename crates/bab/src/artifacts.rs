@@ -145,17 +145,12 @@ impl ArtifactStore {
             n_total += n as u64;
         }
         out.sync_all().map_err(io(&tmp))?;
-        let got: String = ctx
-            .finish()
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if got != digest.hex() {
+        let got = Sha256::from_raw(ctx.finish().as_ref());
+        if &got != digest {
             let _ = std::fs::remove_file(&tmp);
             return Err(ArtifactError::Layout(OciError::Mismatch {
                 digest: digest.to_string(),
-                why: format!("changed while copying (now sha256:{got})"),
+                why: format!("changed while copying (now {got})"),
             }));
         }
         std::fs::rename(&tmp, &dst).map_err(io(&dst))?;

@@ -78,7 +78,7 @@ pub struct NotifyConfig {
     #[serde(default = "security")]
     pub security: String,
     /// How long after a break-glass deploy the owning team's sink is told.
-    #[serde(default = "hour", with = "humantime_serde_compat")]
+    #[serde(default = "hour", with = "ringfence_admission::policy::duration")]
     pub owners_delay: Duration,
     /// The sinks by name.
     #[serde(default)]
@@ -105,17 +105,6 @@ impl Default for NotifyConfig {
             sinks: BTreeMap::new(),
             fallback_dir: None,
         }
-    }
-}
-
-mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
     }
 }
 

@@ -136,15 +136,7 @@ impl PublicKey {
 
     /// From a `PUBLIC KEY` PEM.
     pub fn from_spki_pem(pem: &str) -> Result<Self, DsseError> {
-        let body: String = pem
-            .lines()
-            .filter(|l| !l.starts_with("-----"))
-            .map(str::trim)
-            .collect();
-        let der = STANDARD
-            .decode(body)
-            .map_err(|_| DsseError::Malformed("public key PEM is not base64".into()))?;
-        Self::from_spki_der(&der)
+        Self::from_spki_der(&pem_der(pem, "public key")?)
     }
 
     fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
@@ -455,15 +447,7 @@ impl SigningKey {
 
     /// From a `PRIVATE KEY` PEM.
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, DsseError> {
-        let body: String = pem
-            .lines()
-            .filter(|l| !l.starts_with("-----"))
-            .map(str::trim)
-            .collect();
-        let der = STANDARD
-            .decode(body)
-            .map_err(|_| DsseError::Malformed("private key PEM is not base64".into()))?;
-        Self::from_pkcs8_der(&der)
+        Self::from_pkcs8_der(&pem_der(pem, "private key")?)
     }
 
     /// The public half.
@@ -528,12 +512,20 @@ impl PublicKey {
     }
 }
 
+/// The DER inside a PEM block (the lines between the `-----` markers).
+fn pem_der(pem: &str, what: &str) -> Result<Vec<u8>, DsseError> {
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect();
+    STANDARD
+        .decode(body)
+        .map_err(|_| DsseError::Malformed(format!("{what} PEM is not base64")))
+}
+
 fn keyid_of(spki: &[u8]) -> String {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::statement::Sha256::of(spki).hex().to_owned()
 }
 
 /// Signs `payload` as `payload_type` with every key (each signature carries its key id).

@@ -241,14 +241,7 @@ fn verify_blob(dir: &Path, desc: &Descriptor) -> Result<(), OciError> {
         }
         ctx.update(buf.get(..n).unwrap_or_default());
     }
-    let hex: String = ctx
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let got = Sha256::parse(&hex).map_err(|e| OciError::Invalid(e.to_string()))?;
-    check(desc, len, &got)
+    check(desc, len, &Sha256::from_raw(ctx.finish().as_ref()))
 }
 
 fn check(desc: &Descriptor, len: u64, got: &Sha256) -> Result<(), OciError> {

@@ -51,8 +51,12 @@ impl Sha256 {
 
     /// The SHA-256 of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-        Self(d.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+        Self::from_raw(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+    }
+
+    /// From the 32 raw bytes of a finished SHA-256 (a streaming hash's output).
+    pub fn from_raw(digest: &[u8]) -> Self {
+        Self(digest.iter().map(|b| format!("{b:02x}")).collect())
     }
 }
 
