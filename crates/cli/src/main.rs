@@ -9,6 +9,7 @@ mod bab_cmd;
 mod config;
 mod exit;
 mod identity_cmd;
+mod sandbox_cmd;
 mod secrets;
 mod store_cmd;
 mod up_cmd;
@@ -101,12 +102,24 @@ enum Command {
     /// The artifact store: OCI images by digest, with their attestations
     #[command(subcommand)]
     Artifact(artifact_cmd::ArtifactCommand),
+    /// The runtime sandbox: namespaces, read-only image root, seccomp, drift prevention,
+    /// cgroup limits
+    #[command(subcommand)]
+    Sandbox(sandbox_cmd::SandboxCommand),
     /// Inspect and edit durable state directly (for operators; bypasses every API check)
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
 }
 
 fn main() -> ExitCode {
+    // The sandbox's init re-executes this binary inside fresh namespaces; it must not parse
+    // arguments, read configuration or start threads first.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(ringfence_sandbox::init::INIT_ARG))
+    {
+        let code = ringfence_sandbox::init::main();
+        return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
     let cli = Cli::parse();
     let settings = match Settings::load(&cli.global) {
         Ok(s) => s,
@@ -126,7 +139,8 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let result = runtime.block_on(run(cli.command, settings));
+    let verbose = cli.global.verbose > 0;
+    let result = runtime.block_on(run(cli.command, settings, verbose));
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -136,7 +150,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
+async fn run(command: Command, settings: Settings, verbose: bool) -> anyhow::Result<u8> {
     match command {
         Command::Version { json } => {
             print_version(json)?;
@@ -149,6 +163,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
         Command::Bab(cmd) => bab_cmd::run(cmd, &settings).await,
         Command::Attest(cmd) => attest_cmd::run(cmd, &settings).await,
         Command::Artifact(cmd) => artifact_cmd::run(cmd, &settings).await,
+        Command::Sandbox(cmd) => sandbox_cmd::run(cmd, verbose).await,
     }
 }
 

@@ -1,0 +1,242 @@
+//! The sandbox's init: the program the supervisor starts (`ringfence __sandbox-init`). It
+//! enters new user, mount, network, UTS, IPC and pid namespaces and says `unshared`; reads its
+//! configuration from fd 3 once the supervisor has written its uid/gid maps and placed it in
+//! its cgroup; enters a new cgroup namespace; forks the task (pid 1 of the new pid namespace);
+//! and reports on fd 4: `pid N`, `landlock ...`, `listener N`, then `exit N` or `signal N` —
+//! or `error STEP: WHY` if a step fails.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::seccomp::Profile;
+use crate::setup::{Plan, enter};
+use crate::sys::LinuxSyscall;
+
+/// The argument that makes the Ringfence binary run this init.
+pub const INIT_ARG: &str = "__sandbox-init";
+/// The fd the configuration arrives on.
+pub const CONFIG_FD: i32 = 3;
+/// The fd the init reports on.
+pub const STATUS_FD: i32 = 4;
+
+/// What the supervisor tells the init.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitConfig {
+    /// Root filesystem (host path, visible in the new mount namespace).
+    pub rootfs: PathBuf,
+    /// Host name.
+    pub hostname: String,
+    /// Command and arguments.
+    pub argv: Vec<String>,
+    /// Environment (`K=V`).
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox.
+    pub cwd: String,
+    /// Syscall profile name.
+    pub profile: String,
+    /// `/tmp` size in bytes.
+    pub tmp_size: u64,
+    /// Open-file limit.
+    pub nofile: u64,
+}
+
+fn report(status: &mut File, line: &str) {
+    let _ = status.write_all(format!("{line}\n").as_bytes());
+}
+
+/// Runs the init; returns the process exit code.
+pub fn main() -> i32 {
+    // SAFETY: the supervisor hands over fds 3 and 4 (dup2'd before exec) and nothing else in
+    // this process uses them; each is owned by exactly one File from here on.
+    let (mut config_pipe, mut status) =
+        unsafe { (File::from_raw_fd(CONFIG_FD), File::from_raw_fd(STATUS_FD)) };
+    // The task must not inherit the status pipe past its exec.
+    // SAFETY: plain integer arguments on an fd this process owns.
+    unsafe { libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // New namespaces, owned by a new user namespace in which this process holds every
+    // capability until it execs; the supervisor maps uid/gid 0 to its unprivileged host ids
+    // once told. The pid namespace is entered by this process's first child.
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC;
+    // SAFETY: plain integer argument; this process is single-threaded, as unshare requires.
+    if unsafe { libc::unshare(flags) } != 0 {
+        report(
+            &mut status,
+            &format!("error namespaces: {}", std::io::Error::last_os_error()),
+        );
+        return 125;
+    }
+    report(&mut status, "unshared");
+    let mut text = Vec::new();
+    if let Err(e) = config_pipe.read_to_end(&mut text) {
+        report(&mut status, &format!("error config: {e}"));
+        return 125;
+    }
+    drop(config_pipe);
+    let config: InitConfig = match serde_json::from_slice(&text) {
+        Ok(c) => c,
+        Err(e) => {
+            report(&mut status, &format!("error config: {e}"));
+            return 125;
+        }
+    };
+    // Until now this process was the host's root, unmapped in its own namespace: become the
+    // namespace's root (the unprivileged host uid), so files it creates have a mapped owner.
+    if let Err(e) = crate::sys::Syscall::become_ns_root(&LinuxSyscall) {
+        report(&mut status, &format!("error ids: {e}"));
+        return 125;
+    }
+    // SAFETY: plain integer argument.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+        report(
+            &mut status,
+            &format!(
+                "error cgroup namespace: {}",
+                std::io::Error::last_os_error()
+            ),
+        );
+        return 125;
+    }
+    // SAFETY: this process is single-threaded (a fresh exec that started no threads), so the
+    // child may run arbitrary code.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        report(
+            &mut status,
+            &format!("error fork: {}", std::io::Error::last_os_error()),
+        );
+        return 125;
+    }
+    if child == 0 {
+        task(&config, &mut status);
+    }
+    report(&mut status, &format!("pid {child}"));
+    let mut wstatus = 0;
+    loop {
+        // SAFETY: `wstatus` is a writable int.
+        let rc = unsafe { libc::waitpid(child, &mut wstatus, 0) };
+        if rc == child {
+            break;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            report(&mut status, "error wait: lost the task");
+            return 125;
+        }
+    }
+    if libc::WIFEXITED(wstatus) {
+        let code = libc::WEXITSTATUS(wstatus);
+        report(&mut status, &format!("exit {code}"));
+        code
+    } else {
+        let sig = libc::WTERMSIG(wstatus);
+        report(&mut status, &format!("signal {sig}"));
+        128 + sig
+    }
+}
+
+/// The task: pid 1 of the new pid namespace. Never returns.
+fn task(config: &InitConfig, status: &mut File) -> ! {
+    // Die with the init (and so with the supervisor).
+    // SAFETY: plain integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let code = match run_task(config, status) {
+        Ok(never) => match never {},
+        Err(line) => {
+            report(status, &line);
+            127
+        }
+    };
+    // SAFETY: ends this process without running the parent's atexit handlers or destructors.
+    unsafe { libc::_exit(code) }
+}
+
+enum Never {}
+
+fn run_task(config: &InitConfig, status: &mut File) -> Result<Never, String> {
+    let profile = Profile::named(&config.profile).map_err(|e| format!("error profile: {e}"))?;
+    let plan = Plan {
+        rootfs: config.rootfs.clone(),
+        hostname: config.hostname.clone(),
+        tmp_size: config.tmp_size,
+        rlimits: vec![
+            (libc::RLIMIT_CORE, 0, 0),
+            (libc::RLIMIT_NOFILE, config.nofile, config.nofile),
+        ],
+        status_fd: STATUS_FD,
+        filter: profile.compile(),
+    };
+    // Resolve the program and build exec's arguments before the filter exists.
+    let program = resolve(&config.argv, &config.rootfs)?;
+    let cstrings = |v: &[String]| -> Result<Vec<CString>, String> {
+        v.iter()
+            .map(|s| {
+                CString::new(s.as_str()).map_err(|_| format!("error exec: {s:?} contains NUL"))
+            })
+            .collect()
+    };
+    let argv = cstrings(&config.argv)?;
+    let envp = cstrings(&config.env)?;
+    let program = CString::new(program).map_err(|_| "error exec: path contains NUL".to_owned())?;
+    let cwd =
+        CString::new(config.cwd.as_str()).map_err(|_| "error cwd: contains NUL".to_owned())?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+
+    let entered = enter(&LinuxSyscall, &plan).map_err(|e| format!("error setup: {e}"))?;
+    // SAFETY: `cwd` is NUL-terminated.
+    if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
+        return Err(format!(
+            "error cwd {}: {}",
+            config.cwd,
+            std::io::Error::last_os_error()
+        ));
+    }
+    report(status, &format!("landlock {}", entered.landlock));
+    report(status, &format!("listener {}", entered.listener));
+    // The exec blocks until the supervisor, holding a copy of the listener, decides.
+    // SAFETY: all three pointers are NUL-terminated strings / NULL-terminated arrays of them
+    // that outlive the call.
+    unsafe { libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
+    let e = std::io::Error::last_os_error();
+    Err(format!("error exec {}: {e}", program.to_string_lossy()))
+}
+
+/// Finds `argv[0]` in the rootfs: as given if it contains a slash, else in the usual
+/// directories. Returns the path as seen inside the sandbox.
+fn resolve(argv: &[String], rootfs: &Path) -> Result<String, String> {
+    let Some(cmd) = argv.first() else {
+        return Err("error exec: no command given".into());
+    };
+    if cmd.contains('/') {
+        return Ok(cmd.clone());
+    }
+    for dir in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        let inside = format!("{dir}/{cmd}");
+        let host = rootfs.join(inside.trim_start_matches('/'));
+        if std::fs::symlink_metadata(&host).is_ok() {
+            return Ok(inside);
+        }
+    }
+    Err(format!(
+        "error exec {cmd}: not found in /usr/local/sbin, /usr/local/bin, /usr/sbin, /usr/bin, /sbin or /bin of the image"
+    ))
+}

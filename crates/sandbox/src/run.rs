@@ -1,0 +1,485 @@
+//! Starting a sandbox and supervising it to the end.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ringfence_provenance::statement::Sha256;
+use serde::Serialize;
+
+use crate::cgroup::{Cgroup, CgroupError, Limits};
+use crate::image::{ExecIndex, ImageError};
+use crate::init::{CONFIG_FD, INIT_ARG, InitConfig, STATUS_FD};
+use crate::seccomp::Profile;
+use crate::supervisor::{Event, fetch_listener, serve};
+
+/// Where the root filesystem comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A directory used as it is (its executables are indexed at start).
+    Rootfs(PathBuf),
+    /// An OCI image layout, verified and unpacked under the work directory.
+    Image(PathBuf),
+}
+
+/// Everything a sandbox run needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The root filesystem.
+    pub source: Source,
+    /// Command and arguments.
+    pub argv: Vec<String>,
+    /// Extra environment (`K=V`), on top of `PATH`, `HOME` and `TERM`.
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox.
+    pub cwd: String,
+    /// Syscall profile.
+    pub profile: Profile,
+    /// Resource limits.
+    pub limits: Limits,
+    /// The unprivileged host uid and gid the task's root maps to.
+    pub host_uid: u32,
+    /// See `host_uid`.
+    pub host_gid: u32,
+    /// Host name inside.
+    pub hostname: String,
+    /// The program that runs [`crate::init::main`] when given `__sandbox-init`.
+    pub init_program: PathBuf,
+    /// Where images are unpacked.
+    pub work_dir: PathBuf,
+    /// The cgroup filesystem root.
+    pub cgroup_root: PathBuf,
+}
+
+/// Why a sandbox could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The rootfs or image.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Limits.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// Starting the init.
+    #[error("cannot start the sandbox: {0}")]
+    Start(String),
+    /// The sandbox needs root on the host.
+    #[error(
+        "the sandbox needs root on the host (to map the task to an unprivileged uid and to create its cgroups); run it as root"
+    )]
+    NotRoot,
+    /// The setup inside failed.
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+}
+
+/// How the task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Exit {
+    /// Exited with a code.
+    Code(i32),
+    /// Killed by a signal.
+    Signal(i32),
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// How the task ended.
+    pub exit: Exit,
+    /// The OOM killer acted.
+    pub oom_killed: bool,
+    /// Forks refused by the pids limit.
+    pub pids_refused: u64,
+    /// Peak memory, where known.
+    pub memory_peak: Option<u64>,
+    /// Exec decisions and other events.
+    pub events: Vec<Event>,
+    /// Landlock status.
+    pub landlock: String,
+    /// The image digest, for `--image`.
+    pub image: Option<String>,
+    /// How many executables the verified image has.
+    pub executables: usize,
+}
+
+impl Outcome {
+    /// The exit code to pass on: the task's code, or 128 + signal.
+    pub fn code(&self) -> u8 {
+        match self.exit {
+            Exit::Code(c) => u8::try_from(c).unwrap_or(1),
+            Exit::Signal(s) => u8::try_from(128 + s).unwrap_or(255),
+        }
+    }
+
+    /// A line explaining an abnormal end, if any.
+    pub fn explanation(&self) -> Option<String> {
+        if self.oom_killed {
+            return Some("killed: out of memory (the sandbox's memory limit was reached)".into());
+        }
+        match self.exit {
+            Exit::Signal(libc::SIGSYS) => Some(
+                "killed by the syscall filter (SIGSYS): a call from another ABI (ia32 int 0x80 or x32)".into(),
+            ),
+            Exit::Signal(s) => Some(format!("killed by signal {s}")),
+            Exit::Code(_) if self.pids_refused > 0 => Some(format!(
+                "the pids limit refused {} fork(s)",
+                self.pids_refused
+            )),
+            Exit::Code(_) => None,
+        }
+    }
+}
+
+/// A prepared root filesystem and its executable index.
+struct Prepared {
+    rootfs: PathBuf,
+    index: Arc<ExecIndex>,
+    image: Option<Sha256>,
+    _unpacked: Option<Unpacked>,
+}
+
+struct Unpacked(PathBuf);
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn prepare(cfg: &Config, id: &str) -> Result<Prepared, SandboxError> {
+    match &cfg.source {
+        Source::Rootfs(dir) => {
+            let rootfs = crate::image::prepare_rootfs(dir)?;
+            let index = ExecIndex::build(&rootfs)?;
+            Ok(Prepared {
+                rootfs,
+                index: Arc::new(index),
+                image: None,
+                _unpacked: None,
+            })
+        }
+        Source::Image(layout) => {
+            let dir = cfg.work_dir.join(id);
+            let guard = Unpacked(dir.clone());
+            std::fs::create_dir_all(&cfg.work_dir).map_err(|e| {
+                SandboxError::Start(format!("work dir {}: {e}", cfg.work_dir.display()))
+            })?;
+            let digest = crate::image::unpack(layout, &dir)?;
+            let rootfs = crate::image::prepare_rootfs(&dir)?;
+            let index = ExecIndex::build(&rootfs)?;
+            Ok(Prepared {
+                rootfs,
+                index: Arc::new(index),
+                image: Some(digest),
+                _unpacked: Some(guard),
+            })
+        }
+    }
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a writable array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: pipe2 returned two fresh descriptors owned from here on.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A running sandbox.
+pub struct Running {
+    child: Child,
+    status: BufReader<std::fs::File>,
+    prepared: Prepared,
+    cgroup: Cgroup,
+    stop: Arc<AtomicBool>,
+    events: Arc<Mutex<Vec<Event>>>,
+    report: Arc<dyn Fn(&Event) + Send + Sync>,
+    landlock: String,
+    supervisor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("pid", &self.child.id())
+            .finish()
+    }
+}
+
+/// Starts a sandbox: prepares the rootfs, creates the cgroups, starts the init in new
+/// namespaces, maps its uid/gid, and waits until the task is about to exec (its exec is the
+/// supervisor's first decision). `report` sees every event as it happens.
+pub fn start(
+    cfg: &Config,
+    report: Arc<dyn Fn(&Event) + Send + Sync>,
+) -> Result<Running, SandboxError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(SandboxError::NotRoot);
+    }
+    if cfg.host_uid == 0 || cfg.host_gid == 0 {
+        return Err(SandboxError::Start(
+            "the task's root must map to an unprivileged host uid and gid, not 0".into(),
+        ));
+    }
+    let id = format!(
+        "sbx-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let prepared = prepare(cfg, &id)?;
+    let cgroup = Cgroup::create(&cfg.cgroup_root, &id, cfg.limits)?;
+    let start_err = |what: &str| {
+        let what = what.to_owned();
+        move |e: std::io::Error| SandboxError::Start(format!("{what}: {e}"))
+    };
+    let (cfg_r, cfg_w) = pipe().map_err(start_err("pipe"))?;
+    let (st_r, st_w) = pipe().map_err(start_err("pipe"))?;
+    let (cfg_r_fd, st_w_fd) = (cfg_r.as_raw_fd(), st_w.as_raw_fd());
+    let mut cmd = Command::new(&cfg.init_program);
+    cmd.arg(INIT_ARG);
+    cmd.env_clear();
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // syscalls (dup2, prctl) on integers captured by value.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(cfg_r_fd, CONFIG_FD) < 0 || libc::dup2(st_w_fd, STATUS_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(start_err("starting the sandbox init"))?;
+    drop(cfg_r);
+    drop(st_w);
+    let pid = child.id();
+    let mut running = Running {
+        child,
+        status: BufReader::new(std::fs::File::from(st_r)),
+        prepared,
+        cgroup,
+        stop: Arc::new(AtomicBool::new(false)),
+        events: Arc::new(Mutex::new(Vec::new())),
+        report,
+        landlock: String::new(),
+        supervisor: None,
+    };
+    let setup = (|| -> Result<(), SandboxError> {
+        running.expect_line("unshared")?;
+        let write = |file: &str, text: String| {
+            std::fs::write(format!("/proc/{pid}/{file}"), text)
+                .map_err(|e| SandboxError::Start(format!("writing {file}: {e}")))
+        };
+        write("uid_map", format!("0 {} 1\n", cfg.host_uid))?;
+        write("gid_map", format!("0 {} 1\n", cfg.host_gid))?;
+        running.cgroup.add(pid)?;
+        let mut env = vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+            "HOME=/".to_owned(),
+        ];
+        env.extend(cfg.env.iter().cloned());
+        let init = InitConfig {
+            rootfs: running.prepared.rootfs.clone(),
+            hostname: cfg.hostname.clone(),
+            argv: cfg.argv.clone(),
+            env,
+            cwd: cfg.cwd.clone(),
+            profile: cfg.profile.name.to_owned(),
+            tmp_size: 64 << 20,
+            nofile: nofile_limit(),
+        };
+        let text = serde_json::to_vec(&init).map_err(|e| SandboxError::Start(e.to_string()))?;
+        let mut w = std::fs::File::from(cfg_w);
+        w.write_all(&text)
+            .map_err(|e| SandboxError::Start(format!("sending the configuration: {e}")))?;
+        drop(w);
+        running.await_listener()
+    })();
+    if let Err(e) = setup {
+        let _ = running.child.kill();
+        let _ = running.child.wait();
+        return Err(e);
+    }
+    Ok(running)
+}
+
+fn nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_max.min(4096)
+}
+
+impl Running {
+    /// The init's host pid (killing it kills the whole sandbox).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The verified image's executables.
+    pub fn index(&self) -> &ExecIndex {
+        &self.prepared.index
+    }
+
+    fn expect_line(&mut self, want: &str) -> Result<(), SandboxError> {
+        let mut line = String::new();
+        self.status
+            .read_line(&mut line)
+            .map_err(|e| SandboxError::Start(format!("reading the init's status: {e}")))?;
+        let line = line.trim_end();
+        if line == want {
+            return Ok(());
+        }
+        Err(match line.strip_prefix("error ") {
+            Some(e) => SandboxError::Setup(e.to_owned()),
+            None if line.is_empty() => {
+                SandboxError::Setup("the sandbox init exited before the task started".into())
+            }
+            None => SandboxError::Setup(format!("unexpected status {line:?}")),
+        })
+    }
+
+    fn await_listener(&mut self) -> Result<(), SandboxError> {
+        let mut task_pid = None;
+        loop {
+            let mut line = String::new();
+            let n = self
+                .status
+                .read_line(&mut line)
+                .map_err(|e| SandboxError::Start(format!("reading the init's status: {e}")))?;
+            if n == 0 {
+                return Err(SandboxError::Setup(
+                    "the sandbox init exited before the task started".into(),
+                ));
+            }
+            let line = line.trim_end();
+            let (key, rest) = line.split_once(' ').unwrap_or((line, ""));
+            match key {
+                "pid" => task_pid = rest.parse::<u32>().ok(),
+                "landlock" => self.landlock = rest.to_owned(),
+                "listener" => {
+                    let fd: i32 = rest
+                        .parse()
+                        .map_err(|_| SandboxError::Setup(format!("bad status line {line:?}")))?;
+                    let pid = task_pid.ok_or_else(|| {
+                        SandboxError::Setup("listener reported before the task's pid".into())
+                    })?;
+                    let listener = fetch_listener(pid, fd).map_err(|e| {
+                        SandboxError::Setup(format!("taking the seccomp listener: {e}"))
+                    })?;
+                    let index = Arc::clone(&self.prepared.index);
+                    let stop = Arc::clone(&self.stop);
+                    let events = Arc::clone(&self.events);
+                    let report = Arc::clone(&self.report);
+                    self.supervisor = Some(std::thread::spawn(move || {
+                        let sink = move |e: Event| {
+                            report(&e);
+                            events.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                        };
+                        serve(listener, index, stop, &sink);
+                    }));
+                    return Ok(());
+                }
+                "error" => return Err(SandboxError::Setup(rest.to_owned())),
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits for the task to end and collects what happened.
+    pub fn wait(mut self) -> Result<Outcome, SandboxError> {
+        let mut exit = None;
+        let mut errors = Vec::new();
+        let mut line = String::new();
+        while self.status.read_line(&mut line).unwrap_or(0) > 0 {
+            let l = line.trim_end();
+            let (key, rest) = l.split_once(' ').unwrap_or((l, ""));
+            match key {
+                "exit" => exit = rest.parse().ok().map(Exit::Code),
+                "signal" => exit = rest.parse().ok().map(Exit::Signal),
+                "error" => errors.push(rest.to_owned()),
+                _ => {}
+            }
+            line.clear();
+        }
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| SandboxError::Start(format!("waiting for the sandbox: {e}")))?;
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.supervisor.take() {
+            let _ = h.join();
+        }
+        let exit = exit.unwrap_or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            match (status.code(), status.signal()) {
+                (Some(c), _) => Exit::Code(c),
+                (None, Some(s)) => Exit::Signal(s),
+                _ => Exit::Code(125),
+            }
+        });
+        if let Some(e) = errors.first() {
+            return Err(SandboxError::Setup(e.clone()));
+        }
+        let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(Outcome {
+            exit,
+            oom_killed: self.cgroup.oom_kills() > 0,
+            pids_refused: self.cgroup.pids_refused(),
+            memory_peak: self.cgroup.memory_peak(),
+            events,
+            landlock: std::mem::take(&mut self.landlock),
+            image: self.prepared.image.as_ref().map(|d| d.to_string()),
+            executables: self.prepared.index.len(),
+        })
+    }
+}
+
+/// Starts a sandbox and waits for it.
+pub fn run(
+    cfg: &Config,
+    report: Arc<dyn Fn(&Event) + Send + Sync>,
+) -> Result<Outcome, SandboxError> {
+    start(cfg, report)?.wait()
+}
+
+/// Kills a sandbox by its init's pid (from [`Running::pid`]); everything inside dies with it.
+pub fn kill(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: plain integer arguments; a stale pid at worst gets ESRCH.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// Default work directory for unpacked images.
+pub fn default_work_dir() -> PathBuf {
+    std::env::temp_dir().join("ringfence-sandbox")
+}
+
+/// The default cgroup root.
+pub fn default_cgroup_root() -> &'static Path {
+    Path::new("/sys/fs/cgroup")
+}

@@ -1,0 +1,774 @@
+//! Syscall filter profiles and their compilation to classic BPF (pure: no syscalls here).
+//!
+//! A profile is an allow-list: every system call not named is refused with `EPERM`. Every
+//! compiled program checks the architecture first (anything but x86-64 kills the process, so
+//! the ia32 `int 0x80` entry and its different numbering are unreachable) and refuses the x32
+//! ABI (bit 30 of the number) the same way. `execve` and `execveat` are never simply allowed:
+//! they go to the user-notification supervisor, which lets through only executables of the
+//! verified image (drift prevention). `clone` is allowed only without namespace flags, and
+//! `clone3`, whose flags live in memory a filter cannot read, answers `ENOSYS` so that libc
+//! falls back to `clone`.
+//!
+//! The decision on the syscall number is a balanced binary search over runs of equal
+//! verdicts, and apart from `clone` it depends on the number only, so the kernel's seccomp
+//! action cache answers allowed calls without running the filter at all.
+
+use std::collections::BTreeMap;
+
+/// `AUDIT_ARCH_X86_64`.
+pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+/// The x32 ABI marks its syscall numbers with this bit.
+pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Filter return values (`SECCOMP_RET_*`).
+pub mod ret {
+    /// Kill the whole process.
+    pub const KILL_PROCESS: u32 = 0x8000_0000;
+    /// Fail the call with the errno in the low 16 bits.
+    pub const ERRNO: u32 = 0x0005_0000;
+    /// Hand the call to the user-space supervisor.
+    pub const USER_NOTIF: u32 = 0x7fc0_0000;
+    /// Allow the call.
+    pub const ALLOW: u32 = 0x7fff_0000;
+}
+
+// Classic BPF opcodes used here.
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JMP_JA: u16 = 0x05;
+const BPF_JMP_JEQ_K: u16 = 0x15;
+const BPF_JMP_JGE_K: u16 = 0x35;
+const BPF_JMP_JSET_K: u16 = 0x45;
+const BPF_RET_K: u16 = 0x06;
+
+// Offsets in `struct seccomp_data`.
+const OFF_NR: u32 = 0;
+const OFF_ARCH: u32 = 4;
+const OFF_ARG0_LO: u32 = 16;
+const OFF_ARG0_HI: u32 = 20;
+
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct SockFilter {
+    /// Opcode.
+    pub code: u16,
+    /// Jump offset if true.
+    pub jt: u8,
+    /// Jump offset if false.
+    pub jf: u8,
+    /// Constant.
+    pub k: u32,
+}
+
+const fn stmt(code: u16, k: u32) -> SockFilter {
+    SockFilter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+const fn jump(code: u16, k: u32, jt: u8, jf: u8) -> SockFilter {
+    SockFilter { code, jt, jf, k }
+}
+
+/// What the filter does with one system call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    /// Let it run.
+    Allow,
+    /// Fail it with this errno.
+    Errno(u16),
+    /// Ask the supervisor (exec checks).
+    Notify,
+    /// Allow only when none of these bits is set in the first argument (`clone` flags).
+    AllowIfArg0Clear(u64),
+}
+
+impl Action {
+    fn describe(self) -> String {
+        match self {
+            Action::Allow => "allow".into(),
+            Action::Errno(e) => format!("refuse ({})", errno_name(e)),
+            Action::Notify => "supervised (exec must be in the verified image)".into(),
+            Action::AllowIfArg0Clear(_) => "allow without namespace flags".into(),
+        }
+    }
+}
+
+fn errno_name(e: u16) -> &'static str {
+    match i32::from(e) {
+        libc::EPERM => "EPERM",
+        libc::ENOSYS => "ENOSYS",
+        libc::EACCES => "EACCES",
+        _ => "errno",
+    }
+}
+
+/// The namespace flags `clone` may not carry inside a sandbox.
+pub const CLONE_NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWCGROUP
+    | 0x80) as u64; // CLONE_NEWTIME
+
+/// A named syscall profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// `default` or `strict`.
+    pub name: &'static str,
+    /// One line on what it is for.
+    pub summary: &'static str,
+    rules: BTreeMap<u32, (&'static str, Action)>,
+}
+
+/// Profile names accepted on the command line.
+pub const PROFILE_NAMES: &[&str] = &["default", "strict"];
+
+/// Why a profile is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// Not a known profile.
+    #[error("unknown sandbox profile {0:?}: use one of default, strict")]
+    Unknown(String),
+}
+
+macro_rules! syscalls {
+    ($($name:ident),* $(,)?) => {
+        &[$((stringify!($name), libc::$name as u32)),*]
+    };
+}
+
+/// Calls both profiles allow: what a static program, a libc and busybox need to start,
+/// compute, read and write files, wait for children and exit.
+const BASE: &[(&str, u32)] = syscalls![
+    SYS_read,
+    SYS_write,
+    SYS_readv,
+    SYS_writev,
+    SYS_pread64,
+    SYS_pwrite64,
+    SYS_open,
+    SYS_openat,
+    SYS_close,
+    SYS_fstat,
+    SYS_stat,
+    SYS_lstat,
+    SYS_newfstatat,
+    SYS_statx,
+    SYS_lseek,
+    SYS_mmap,
+    SYS_munmap,
+    SYS_mprotect,
+    SYS_mremap,
+    SYS_brk,
+    SYS_madvise,
+    SYS_rt_sigaction,
+    SYS_rt_sigprocmask,
+    SYS_rt_sigreturn,
+    SYS_sigaltstack,
+    SYS_ioctl,
+    SYS_access,
+    SYS_faccessat,
+    SYS_faccessat2,
+    SYS_getpid,
+    SYS_getppid,
+    SYS_gettid,
+    SYS_getuid,
+    SYS_geteuid,
+    SYS_getgid,
+    SYS_getegid,
+    SYS_getcwd,
+    SYS_chdir,
+    SYS_fchdir,
+    SYS_getdents64,
+    SYS_readlink,
+    SYS_readlinkat,
+    SYS_fcntl,
+    SYS_dup,
+    SYS_dup2,
+    SYS_dup3,
+    SYS_pipe,
+    SYS_pipe2,
+    SYS_futex,
+    SYS_set_tid_address,
+    SYS_set_robust_list,
+    SYS_rseq,
+    SYS_arch_prctl,
+    SYS_prlimit64,
+    SYS_getrlimit,
+    SYS_getrandom,
+    SYS_clock_gettime,
+    SYS_clock_nanosleep,
+    SYS_nanosleep,
+    SYS_gettimeofday,
+    SYS_uname,
+    SYS_exit,
+    SYS_exit_group,
+    SYS_wait4,
+    SYS_fork,
+    SYS_vfork,
+    SYS_kill,
+    SYS_tgkill,
+    SYS_poll,
+    SYS_ppoll,
+    SYS_select,
+    SYS_pselect6,
+    SYS_unlink,
+    SYS_unlinkat,
+    SYS_mkdir,
+    SYS_mkdirat,
+    SYS_rmdir,
+    SYS_rename,
+    SYS_renameat,
+    SYS_renameat2,
+    SYS_umask,
+    SYS_sched_yield,
+    SYS_sched_getaffinity,
+    SYS_getpgrp,
+    SYS_setpgid,
+    SYS_getpgid,
+    SYS_getsid,
+    SYS_setsid,
+    SYS_times,
+    SYS_sysinfo,
+    SYS_ftruncate,
+    SYS_fsync,
+    SYS_fdatasync,
+    SYS_restart_syscall,
+];
+
+/// What the default profile adds: the ordinary life of a network service (sockets, epoll,
+/// threads, timers, IPC, file metadata), following the container runtimes' default
+/// allow-lists minus everything that administers the machine.
+const DEFAULT_EXTRA: &[(&str, u32)] = syscalls![
+    SYS_accept,
+    SYS_accept4,
+    SYS_alarm,
+    SYS_bind,
+    SYS_capget,
+    SYS_chmod,
+    SYS_chown,
+    SYS_clock_getres,
+    SYS_close_range,
+    SYS_connect,
+    SYS_copy_file_range,
+    SYS_creat,
+    SYS_epoll_create,
+    SYS_epoll_create1,
+    SYS_epoll_ctl,
+    SYS_epoll_pwait,
+    SYS_epoll_pwait2,
+    SYS_epoll_wait,
+    SYS_eventfd,
+    SYS_eventfd2,
+    SYS_fadvise64,
+    SYS_fallocate,
+    SYS_fchmod,
+    SYS_fchmodat,
+    SYS_fchown,
+    SYS_fchownat,
+    SYS_fgetxattr,
+    SYS_flistxattr,
+    SYS_flock,
+    SYS_fremovexattr,
+    SYS_fsetxattr,
+    SYS_fstatfs,
+    SYS_futex_waitv,
+    SYS_futimesat,
+    SYS_getcpu,
+    SYS_getdents,
+    SYS_getgroups,
+    SYS_getitimer,
+    SYS_getpeername,
+    SYS_getpriority,
+    SYS_getresgid,
+    SYS_getresuid,
+    SYS_get_robust_list,
+    SYS_getrusage,
+    SYS_getsockname,
+    SYS_getsockopt,
+    SYS_getxattr,
+    SYS_inotify_add_watch,
+    SYS_inotify_init,
+    SYS_inotify_init1,
+    SYS_inotify_rm_watch,
+    SYS_io_cancel,
+    SYS_io_destroy,
+    SYS_io_getevents,
+    SYS_io_setup,
+    SYS_io_submit,
+    SYS_ioprio_get,
+    SYS_landlock_add_rule,
+    SYS_landlock_create_ruleset,
+    SYS_landlock_restrict_self,
+    SYS_lchown,
+    SYS_lgetxattr,
+    SYS_link,
+    SYS_linkat,
+    SYS_listen,
+    SYS_listxattr,
+    SYS_llistxattr,
+    SYS_lremovexattr,
+    SYS_lsetxattr,
+    SYS_membarrier,
+    SYS_memfd_create,
+    SYS_mincore,
+    SYS_mlock,
+    SYS_mlock2,
+    SYS_mlockall,
+    SYS_mq_getsetattr,
+    SYS_mq_notify,
+    SYS_mq_open,
+    SYS_mq_timedreceive,
+    SYS_mq_timedsend,
+    SYS_mq_unlink,
+    SYS_msgctl,
+    SYS_msgget,
+    SYS_msgrcv,
+    SYS_msgsnd,
+    SYS_msync,
+    SYS_munlock,
+    SYS_munlockall,
+    SYS_openat2,
+    SYS_pause,
+    SYS_pidfd_open,
+    SYS_pidfd_send_signal,
+    SYS_prctl,
+    SYS_preadv,
+    SYS_preadv2,
+    SYS_pwritev,
+    SYS_pwritev2,
+    SYS_readahead,
+    SYS_recvfrom,
+    SYS_recvmmsg,
+    SYS_recvmsg,
+    SYS_removexattr,
+    SYS_rt_sigpending,
+    SYS_rt_sigqueueinfo,
+    SYS_rt_sigsuspend,
+    SYS_rt_sigtimedwait,
+    SYS_rt_tgsigqueueinfo,
+    SYS_sched_getattr,
+    SYS_sched_getparam,
+    SYS_sched_get_priority_max,
+    SYS_sched_get_priority_min,
+    SYS_sched_getscheduler,
+    SYS_sched_rr_get_interval,
+    SYS_sched_setaffinity,
+    SYS_seccomp,
+    SYS_semctl,
+    SYS_semget,
+    SYS_semop,
+    SYS_semtimedop,
+    SYS_sendfile,
+    SYS_sendmmsg,
+    SYS_sendmsg,
+    SYS_sendto,
+    SYS_setfsgid,
+    SYS_setfsuid,
+    SYS_setgid,
+    SYS_setgroups,
+    SYS_setitimer,
+    SYS_setpriority,
+    SYS_setregid,
+    SYS_setresgid,
+    SYS_setresuid,
+    SYS_setreuid,
+    SYS_setrlimit,
+    SYS_setsockopt,
+    SYS_setuid,
+    SYS_setxattr,
+    SYS_shmat,
+    SYS_shmctl,
+    SYS_shmdt,
+    SYS_shmget,
+    SYS_shutdown,
+    SYS_signalfd,
+    SYS_signalfd4,
+    SYS_socket,
+    SYS_socketpair,
+    SYS_splice,
+    SYS_statfs,
+    SYS_symlink,
+    SYS_symlinkat,
+    SYS_sync,
+    SYS_sync_file_range,
+    SYS_syncfs,
+    SYS_tee,
+    SYS_time,
+    SYS_timer_create,
+    SYS_timer_delete,
+    SYS_timer_getoverrun,
+    SYS_timer_gettime,
+    SYS_timer_settime,
+    SYS_timerfd_create,
+    SYS_timerfd_gettime,
+    SYS_timerfd_settime,
+    SYS_tkill,
+    SYS_truncate,
+    SYS_utime,
+    SYS_utimensat,
+    SYS_utimes,
+    SYS_waitid,
+];
+
+impl Profile {
+    /// The profile named `name`.
+    pub fn named(name: &str) -> Result<Profile, ProfileError> {
+        match name {
+            "default" => Ok(Profile::default_profile()),
+            "strict" => Ok(Profile::strict()),
+            other => Err(ProfileError::Unknown(other.to_owned())),
+        }
+    }
+
+    fn build(name: &'static str, summary: &'static str, lists: &[&[(&'static str, u32)]]) -> Self {
+        let mut rules = BTreeMap::new();
+        for list in lists {
+            for (sys, nr) in list.iter() {
+                let name = sys.trim_start_matches("SYS_");
+                rules.insert(*nr, (name, Action::Allow));
+            }
+        }
+        rules.insert(
+            libc::SYS_clone as u32,
+            ("clone", Action::AllowIfArg0Clear(CLONE_NAMESPACE_FLAGS)),
+        );
+        rules.insert(
+            libc::SYS_clone3 as u32,
+            ("clone3", Action::Errno(libc::ENOSYS as u16)),
+        );
+        rules.insert(libc::SYS_execve as u32, ("execve", Action::Notify));
+        rules.insert(libc::SYS_execveat as u32, ("execveat", Action::Notify));
+        Profile {
+            name,
+            summary,
+            rules,
+        }
+    }
+
+    /// The default profile: what ordinary services need.
+    pub fn default_profile() -> Self {
+        Profile::build(
+            "default",
+            "ordinary services: files, sockets, threads, timers, IPC; nothing that administers the machine",
+            &[BASE, DEFAULT_EXTRA],
+        )
+    }
+
+    /// The strict profile: compute and files only; no sockets, no IPC, no `prctl`.
+    pub fn strict() -> Self {
+        Profile::build(
+            "strict",
+            "compute and files only: no sockets, IPC, memfd, prctl or xattrs",
+            &[BASE],
+        )
+    }
+
+    /// The action for syscall number `nr` on x86-64.
+    pub fn action(&self, nr: u32) -> Action {
+        self.rules
+            .get(&nr)
+            .map(|(_, a)| *a)
+            .unwrap_or(Action::Errno(libc::EPERM as u16))
+    }
+
+    /// The rules, by syscall number: `(nr, name, action)`.
+    pub fn rules(&self) -> impl Iterator<Item = (u32, &'static str, Action)> + '_ {
+        self.rules.iter().map(|(nr, (name, a))| (*nr, *name, *a))
+    }
+
+    /// A human-readable listing for `ringfence sandbox profile show`.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "profile {}: {}\n\
+             architecture: x86-64 only (ia32 and x32 calls kill the process)\n\
+             every call not listed: refused (EPERM)\n\n",
+            self.name, self.summary
+        );
+        let width = self.rules.values().map(|(n, _)| n.len()).max().unwrap_or(0);
+        for (nr, (name, action)) in &self.rules {
+            out.push_str(&format!("{nr:>4}  {name:<width$}  {}\n", action.describe()));
+        }
+        out
+    }
+
+    /// Compiles the profile to a classic BPF program for `seccomp(SECCOMP_SET_MODE_FILTER)`.
+    pub fn compile(&self) -> Vec<SockFilter> {
+        let mut prog = vec![
+            stmt(BPF_LD_W_ABS, OFF_ARCH),
+            jump(BPF_JMP_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+            stmt(BPF_RET_K, ret::KILL_PROCESS),
+            stmt(BPF_LD_W_ABS, OFF_NR),
+            jump(BPF_JMP_JSET_K, X32_SYSCALL_BIT, 0, 1),
+            stmt(BPF_RET_K, ret::KILL_PROCESS),
+        ];
+        // Runs of equal verdicts over the whole u32 range.
+        let default = Action::Errno(libc::EPERM as u16);
+        let mut runs: Vec<(u32, Action)> = vec![(0, default)];
+        let mut next = 0u32;
+        for (nr, (_, action)) in &self.rules {
+            if *nr > next {
+                push_run(&mut runs, next, default);
+            }
+            push_run(&mut runs, *nr, *action);
+            next = nr.saturating_add(1);
+        }
+        push_run(&mut runs, next, default);
+        prog.extend(tree(&runs));
+        prog
+    }
+}
+
+fn push_run(runs: &mut Vec<(u32, Action)>, start: u32, action: Action) {
+    match runs.last_mut() {
+        Some((_, last)) if *last == action => {}
+        Some((s, last)) if *s == start => *last = action,
+        _ => runs.push((start, action)),
+    }
+}
+
+/// The code for a verdict, with the syscall number in the accumulator.
+fn leaf(action: Action) -> Vec<SockFilter> {
+    match action {
+        Action::Allow => vec![stmt(BPF_RET_K, ret::ALLOW)],
+        Action::Errno(e) => vec![stmt(BPF_RET_K, ret::ERRNO | u32::from(e))],
+        Action::Notify => vec![stmt(BPF_RET_K, ret::USER_NOTIF)],
+        Action::AllowIfArg0Clear(mask) => {
+            let lo = (mask & 0xffff_ffff) as u32;
+            let hi = (mask >> 32) as u32;
+            let deny = ret::ERRNO | libc::EPERM as u32;
+            vec![
+                stmt(BPF_LD_W_ABS, OFF_ARG0_LO),
+                jump(BPF_JMP_JSET_K, lo, 0, 1),
+                stmt(BPF_RET_K, deny),
+                stmt(BPF_LD_W_ABS, OFF_ARG0_HI),
+                jump(BPF_JMP_JSET_K, hi, 0, 1),
+                stmt(BPF_RET_K, deny),
+                stmt(BPF_RET_K, ret::ALLOW),
+            ]
+        }
+    }
+}
+
+/// A binary search over `runs` (sorted by start, the first starting at 0).
+fn tree(runs: &[(u32, Action)]) -> Vec<SockFilter> {
+    match runs {
+        [] => vec![stmt(BPF_RET_K, ret::ERRNO | libc::EPERM as u32)],
+        [(_, action)] => leaf(*action),
+        _ => {
+            let mid = runs.len() / 2;
+            let (left, right) = runs.split_at(mid);
+            let boundary = right.first().map(|(s, _)| *s).unwrap_or(u32::MAX);
+            let left_code = tree(left);
+            let right_code = tree(right);
+            let mut out = Vec::with_capacity(left_code.len() + right_code.len() + 2);
+            match u8::try_from(left_code.len()) {
+                Ok(skip) => out.push(jump(BPF_JMP_JGE_K, boundary, skip, 0)),
+                Err(_) => {
+                    out.push(jump(BPF_JMP_JGE_K, boundary, 0, 1));
+                    out.push(stmt(BPF_JMP_JA, left_code.len() as u32));
+                }
+            }
+            out.extend(left_code);
+            out.extend(right_code);
+            out
+        }
+    }
+}
+
+/// The fields a filter reads (`struct seccomp_data`), for evaluating a program in tests and
+/// in `profile show --check`.
+#[derive(Debug, Clone, Copy)]
+pub struct SeccompData {
+    /// Syscall number.
+    pub nr: u32,
+    /// `AUDIT_ARCH_*`.
+    pub arch: u32,
+    /// Arguments.
+    pub args: [u64; 6],
+}
+
+/// Runs a classic BPF program the way the kernel would; `None` if it is malformed (jumps
+/// out of the program, reads outside `seccomp_data`, falls off the end, an unknown opcode).
+pub fn evaluate(prog: &[SockFilter], data: &SeccompData) -> Option<u32> {
+    let mut acc: u32 = 0;
+    let mut pc = 0usize;
+    let load = |off: u32| -> Option<u32> {
+        match off {
+            OFF_NR => Some(data.nr),
+            OFF_ARCH => Some(data.arch),
+            16..=63 if off.is_multiple_of(4) => {
+                let i = ((off - 16) / 8) as usize;
+                let word = data.args.get(i)?;
+                Some(if (off - 16).is_multiple_of(8) {
+                    (*word & 0xffff_ffff) as u32
+                } else {
+                    (*word >> 32) as u32
+                })
+            }
+            _ => None,
+        }
+    };
+    loop {
+        let ins = prog.get(pc)?;
+        let branch = |cond: bool| pc + 1 + usize::from(if cond { ins.jt } else { ins.jf });
+        pc = match ins.code {
+            BPF_LD_W_ABS => {
+                acc = load(ins.k)?;
+                pc + 1
+            }
+            BPF_RET_K => return Some(ins.k),
+            BPF_JMP_JA => pc + 1 + ins.k as usize,
+            BPF_JMP_JEQ_K => branch(acc == ins.k),
+            BPF_JMP_JGE_K => branch(acc >= ins.k),
+            BPF_JMP_JSET_K => branch(acc & ins.k != 0),
+            _ => return None,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn call(nr: i64) -> SeccompData {
+        SeccompData {
+            nr: nr as u32,
+            arch: AUDIT_ARCH_X86_64,
+            args: [0; 6],
+        }
+    }
+
+    #[test]
+    fn foreign_architectures_and_x32_are_killed_before_anything_else() {
+        for profile in [Profile::default_profile(), Profile::strict()] {
+            let prog = profile.compile();
+            let mut ia32 = call(libc::SYS_getpid);
+            ia32.arch = 0x4000_0003; // AUDIT_ARCH_I386
+            assert_eq!(evaluate(&prog, &ia32), Some(ret::KILL_PROCESS));
+            let x32 = call(libc::SYS_getpid | i64::from(X32_SYSCALL_BIT));
+            assert_eq!(evaluate(&prog, &x32), Some(ret::KILL_PROCESS));
+        }
+    }
+
+    #[test]
+    fn exec_is_supervised_and_clone3_falls_back() {
+        let prog = Profile::strict().compile();
+        assert_eq!(
+            evaluate(&prog, &call(libc::SYS_execve)),
+            Some(ret::USER_NOTIF)
+        );
+        assert_eq!(
+            evaluate(&prog, &call(libc::SYS_execveat)),
+            Some(ret::USER_NOTIF)
+        );
+        assert_eq!(
+            evaluate(&prog, &call(libc::SYS_clone3)),
+            Some(ret::ERRNO | libc::ENOSYS as u32)
+        );
+    }
+
+    #[test]
+    fn clone_with_a_namespace_flag_is_refused() {
+        let prog = Profile::default_profile().compile();
+        let mut c = call(libc::SYS_clone);
+        c.args[0] = libc::SIGCHLD as u64;
+        assert_eq!(evaluate(&prog, &c), Some(ret::ALLOW));
+        c.args[0] |= libc::CLONE_NEWUSER as u64;
+        assert_eq!(evaluate(&prog, &c), Some(ret::ERRNO | libc::EPERM as u32));
+    }
+
+    #[test]
+    fn dangerous_calls_are_refused_in_both_profiles() {
+        for profile in [Profile::default_profile(), Profile::strict()] {
+            let prog = profile.compile();
+            for nr in [
+                libc::SYS_mount,
+                libc::SYS_ptrace,
+                libc::SYS_init_module,
+                libc::SYS_finit_module,
+                libc::SYS_bpf,
+                libc::SYS_keyctl,
+                libc::SYS_userfaultfd,
+                libc::SYS_perf_event_open,
+                libc::SYS_unshare,
+                libc::SYS_setns,
+                libc::SYS_open_by_handle_at,
+                libc::SYS_pivot_root,
+                libc::SYS_kexec_load,
+                libc::SYS_process_vm_writev,
+                libc::SYS_pidfd_getfd,
+                libc::SYS_io_uring_setup,
+            ] {
+                assert_eq!(
+                    evaluate(&prog, &call(nr)),
+                    Some(ret::ERRNO | libc::EPERM as u32),
+                    "{} nr {nr}",
+                    profile.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn strict_is_a_strict_subset_of_default() {
+        let d = Profile::default_profile();
+        let s = Profile::strict();
+        for (nr, _, action) in s.rules() {
+            assert_eq!(d.action(nr), action);
+        }
+        assert!(s.rules().count() * 2 < d.rules().count() + 40);
+        assert_eq!(
+            s.action(libc::SYS_socket as u32),
+            Action::Errno(libc::EPERM as u16)
+        );
+        assert_eq!(d.action(libc::SYS_socket as u32), Action::Allow);
+    }
+
+    #[test]
+    fn unknown_profile_is_refused_with_the_choices() {
+        let e = Profile::named("lax").err().map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("unknown sandbox profile \"lax\": use one of default, strict")
+        );
+    }
+
+    proptest! {
+        /// The compiled program agrees with the profile for every number and argument.
+        #[test]
+        fn compiled_program_matches_the_profile(nr in 0u32..0x4000_0000, arg0 in any::<u64>(), strict in any::<bool>()) {
+            let profile = if strict { Profile::strict() } else { Profile::default_profile() };
+            let prog = profile.compile();
+            let mut data = call(i64::from(nr));
+            data.args[0] = arg0;
+            let want = match profile.action(nr) {
+                Action::Allow => ret::ALLOW,
+                Action::Errno(e) => ret::ERRNO | u32::from(e),
+                Action::Notify => ret::USER_NOTIF,
+                Action::AllowIfArg0Clear(mask) => {
+                    if arg0 & mask == 0 { ret::ALLOW } else { ret::ERRNO | libc::EPERM as u32 }
+                }
+            };
+            prop_assert_eq!(evaluate(&prog, &data), Some(want));
+        }
+
+        #[test]
+        fn every_listed_number_is_decided_as_listed(strict in any::<bool>()) {
+            let profile = if strict { Profile::strict() } else { Profile::default_profile() };
+            let prog = profile.compile();
+            for (nr, _, action) in profile.rules() {
+                if action == Action::Allow {
+                    prop_assert_eq!(evaluate(&prog, &call(i64::from(nr))), Some(ret::ALLOW));
+                }
+            }
+        }
+    }
+}

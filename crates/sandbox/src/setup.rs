@@ -1,0 +1,241 @@
+//! The sequence that turns a process freshly placed in new namespaces into a sandboxed task,
+//! written against [`Syscall`] so its order is tested without root. It runs as pid 1 of the
+//! new pid namespace, as root of the new user namespace, in a private mount namespace.
+//!
+//! Order matters and is tested: mounts while capabilities exist; `pivot_root` and the old
+//! root detached before anything else is exposed; the root remounted read-only and nosuid;
+//! every inherited descriptor closed; landlock; capabilities and securebits; `no_new_privs`;
+//! the seccomp filter last, so nothing after it needs more than the filter allows.
+
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+use crate::seccomp::SockFilter;
+use crate::sys::{SysError, Syscall, ms};
+
+/// Device nodes bind-mounted from the host into the sandbox's `/dev`.
+pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// What the setup needs (all decided by the supervisor before the namespaces exist).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The root filesystem as a path in the (new) mount namespace, before pivoting.
+    pub rootfs: PathBuf,
+    /// Host name in the UTS namespace.
+    pub hostname: String,
+    /// Size of the `/tmp` tmpfs in bytes.
+    pub tmp_size: u64,
+    /// `(resource, soft, hard)` rlimits.
+    pub rlimits: Vec<(u32, u64, u64)>,
+    /// The descriptor the setup reports through (kept open; close-on-exec).
+    pub status_fd: RawFd,
+    /// The compiled seccomp program.
+    pub filter: Vec<SockFilter>,
+}
+
+/// What the setup achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entered {
+    /// The seccomp listener, to hand to the supervisor.
+    pub listener: RawFd,
+    /// Landlock's status.
+    pub landlock: String,
+}
+
+fn under(root: &Path, p: &str) -> PathBuf {
+    root.join(p.trim_start_matches('/'))
+}
+
+/// Runs the setup. On error nothing after the failing step has happened.
+pub fn enter(sys: &dyn Syscall, plan: &Plan) -> Result<Entered, SysError> {
+    let root = plan.rootfs.as_path();
+    // Nothing we mount propagates back to the host.
+    sys.mount(None, Path::new("/"), None, ms::REC | ms::PRIVATE, None)?;
+    sys.mount(
+        Some(&root.to_string_lossy()),
+        root,
+        None,
+        ms::BIND | ms::REC,
+        None,
+    )?;
+    sys.mount(
+        Some("proc"),
+        &under(root, "proc"),
+        Some("proc"),
+        ms::NOSUID | ms::NODEV | ms::NOEXEC,
+        None,
+    )?;
+    // Writable space is never executable: with the read-only root, the only executables are
+    // the verified image's (the exec supervisor says so precisely; this makes it structural).
+    sys.mount(
+        Some("tmpfs"),
+        &under(root, "tmp"),
+        Some("tmpfs"),
+        ms::NOSUID | ms::NODEV | ms::NOEXEC,
+        Some(&format!("mode=1777,size={}", plan.tmp_size)),
+    )?;
+    let dev = under(root, "dev");
+    sys.mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        ms::NOSUID | ms::NOEXEC,
+        Some("mode=755,size=65536"),
+    )?;
+    for name in DEVICES {
+        let target = dev.join(name);
+        sys.create_file(&target)?;
+        sys.mount(Some(&format!("/dev/{name}")), &target, None, ms::BIND, None)?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        sys.symlink(target, &dev.join(link))?;
+    }
+    // /dev itself becomes read-only: the nodes stay writable, nothing new appears.
+    sys.mount(
+        None,
+        &dev,
+        None,
+        ms::REMOUNT | ms::BIND | ms::RDONLY | ms::NOSUID | ms::NOEXEC,
+        None,
+    )?;
+
+    sys.pivot_root_here(root)?;
+    sys.umount_detach(Path::new("."))?;
+    sys.chdir(Path::new("/"))?;
+    // Keep the flags the kernel locked on the original mount (atime, nodev...), add ours.
+    let locked = sys.mount_flags(Path::new("/"))?;
+    sys.mount(
+        None,
+        Path::new("/"),
+        None,
+        locked | ms::REMOUNT | ms::BIND | ms::RDONLY | ms::NOSUID | ms::NODEV,
+        None,
+    )?;
+
+    sys.sethostname(&plan.hostname)?;
+    for (res, soft, hard) in &plan.rlimits {
+        sys.setrlimit(*res, *soft, *hard)?;
+    }
+    sys.close_fds_from(3, plan.status_fd)?;
+    let mut writable = vec![PathBuf::from("/tmp")];
+    writable.extend(
+        DEVICES
+            .iter()
+            .filter(|d| !matches!(**d, "random" | "urandom"))
+            .map(|d| PathBuf::from(format!("/dev/{d}"))),
+    );
+    let landlock = sys.landlock(&writable)?;
+    sys.lock_securebits()?;
+    sys.drop_capabilities()?;
+    sys.no_new_privs()?;
+    let listener = sys.seccomp_with_listener(&plan.filter)?;
+    Ok(Entered { listener, landlock })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seccomp::Profile;
+    use crate::sys::{Call, RecordingSyscall};
+
+    fn plan() -> Plan {
+        Plan {
+            rootfs: PathBuf::from("/var/lib/ringfence/rootfs"),
+            hostname: "job".into(),
+            tmp_size: 1 << 26,
+            rlimits: vec![(libc::RLIMIT_CORE, 0, 0)],
+            status_fd: 4,
+            filter: Profile::strict().compile(),
+        }
+    }
+
+    fn position(calls: &[Call], pred: impl Fn(&Call) -> bool) -> usize {
+        calls.iter().position(pred).unwrap_or(usize::MAX)
+    }
+
+    #[test]
+    fn setup_order_puts_the_filter_last_and_caps_after_mounts() {
+        let sys = RecordingSyscall::default();
+        let entered = enter(&sys, &plan()).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(entered.listener, 99);
+        let calls = sys.calls();
+        let pivot = position(&calls, |c| matches!(c, Call::PivotRoot(_)));
+        let detach = position(&calls, |c| matches!(c, Call::UmountDetach(_)));
+        let caps = position(&calls, |c| matches!(c, Call::DropCaps));
+        let nnp = position(&calls, |c| matches!(c, Call::NoNewPrivs));
+        let close = position(&calls, |c| matches!(c, Call::CloseFds(3, 4)));
+        let landlock = position(&calls, |c| matches!(c, Call::Landlock(_)));
+        let last_mount = calls
+            .iter()
+            .rposition(|c| matches!(c, Call::Mount { .. }))
+            .unwrap_or(usize::MAX);
+        assert!(pivot < detach && detach < last_mount, "{calls:#?}");
+        assert!(last_mount < close && close < landlock && landlock < caps && caps < nnp);
+        assert!(matches!(calls.last(), Some(Call::Seccomp(n)) if *n > 10));
+    }
+
+    #[test]
+    fn root_is_remounted_read_only_nosuid_keeping_locked_flags() {
+        let sys = RecordingSyscall::default();
+        enter(&sys, &plan()).unwrap_or_else(|e| unreachable!("{e}"));
+        let remount = sys.calls().into_iter().find(|c| {
+            matches!(c, Call::Mount { target, flags, .. }
+                if target == Path::new("/") && flags & ms::REMOUNT != 0)
+        });
+        let Some(Call::Mount { flags, .. }) = remount else {
+            unreachable!("no remount of /")
+        };
+        for f in [
+            ms::RDONLY,
+            ms::NOSUID,
+            ms::NODEV,
+            ms::BIND,
+            libc::MS_RELATIME,
+        ] {
+            assert_ne!(flags & f, 0, "flag {f:#x} missing");
+        }
+    }
+
+    #[test]
+    fn writable_mounts_are_noexec_and_nosuid() {
+        let sys = RecordingSyscall::default();
+        enter(&sys, &plan()).unwrap_or_else(|e| unreachable!("{e}"));
+        for c in sys.calls() {
+            if let Call::Mount {
+                fstype: Some(t),
+                flags,
+                target,
+                ..
+            } = &c
+                && (t == "tmpfs" || t == "proc")
+            {
+                assert_ne!(flags & ms::NOEXEC, 0, "{target:?}");
+                assert_ne!(flags & ms::NOSUID, 0, "{target:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_step_stops_everything_after_it() {
+        // Fail the pivot_root: no capability is dropped and no filter installed, and the
+        // error names the step.
+        let probe = RecordingSyscall::default();
+        enter(&probe, &plan()).unwrap_or_else(|e| unreachable!("{e}"));
+        let at = position(&probe.calls(), |c| matches!(c, Call::PivotRoot(_)));
+        let sys = RecordingSyscall {
+            fail_at: Some(at),
+            ..Default::default()
+        };
+        let err = enter(&sys, &plan()).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("PivotRoot(\"/var/lib/ringfence/rootfs\"): Operation not permitted (os error 1)")
+        );
+        assert_eq!(sys.calls().len(), at + 1);
+    }
+}

@@ -1,0 +1,317 @@
+//! The exec supervisor: receives every `execve`/`execveat` of the sandbox through the seccomp
+//! user-notification listener, opens the file the call names *inside the task's root*
+//! (`openat2` with `RESOLVE_IN_ROOT`, so absolute symlinks cannot point at the host), and lets
+//! the call continue only when the file is one of the verified image's executables.
+//!
+//! The kernel re-reads the path after the supervisor answers, so a second thread of the task
+//! could swap it in between (the user-notification man page warns of exactly this). That race
+//! only ever reaches files the kernel itself will execute, and every such file is on the
+//! read-only image root: `/tmp`, `/dev` and `/proc` are mounted `noexec`. The supervisor is
+//! what names the refused file and reports it; the mounts are what make the guarantee hold.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ringfence_provenance::statement::Sha256;
+use serde::Serialize;
+
+use crate::image::ExecIndex;
+
+/// Something the sandbox did that its operator should know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// An exec of a verified executable.
+    ExecAllowed {
+        /// Host pid of the caller.
+        pid: u32,
+        /// The image path of the executable.
+        path: String,
+    },
+    /// An exec refused: drift.
+    ExecRefused {
+        /// Host pid of the caller.
+        pid: u32,
+        /// The path the task asked for (as it wrote it).
+        path: String,
+        /// The content digest, when computed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::ExecAllowed { path, .. } => write!(f, "exec {path}: allowed (verified image)"),
+            Event::ExecRefused {
+                path,
+                sha256,
+                reason,
+                ..
+            } => {
+                write!(f, "drift: refused exec of {path}")?;
+                if let Some(s) = sha256 {
+                    write!(f, " (sha256:{s})")?;
+                }
+                write!(f, ": {reason}")
+            }
+        }
+    }
+}
+
+/// Takes the listener from the task (the supervisor is root in the initial namespaces).
+pub fn fetch_listener(pid: u32, fd: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments; returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `pidfd` is a fresh descriptor this function owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    // SAFETY: plain integer arguments; returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor now owned here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Serves notifications until every task using the filter has gone (the listener hangs up)
+/// or `stop` is set; calls `report` for each decision.
+pub fn serve(
+    listener: OwnedFd,
+    index: Arc<ExecIndex>,
+    stop: Arc<AtomicBool>,
+    report: &(dyn Fn(Event) + Send + Sync),
+) {
+    let fd = listener.as_raw_fd();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, 200) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return;
+        }
+        if n == 0 {
+            continue;
+        }
+        if pfd.revents & libc::POLLIN == 0 {
+            return; // POLLHUP: nothing left to supervise
+        }
+        // SAFETY: the kernel requires a zeroed struct; all-zero is a valid seccomp_notif.
+        let mut notif: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        // SAFETY: `notif` is a writable seccomp_notif, the size the ioctl expects.
+        let rc = unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut notif) };
+        if rc != 0 {
+            // ENOENT: the caller died before we read it. Anything else: keep serving.
+            continue;
+        }
+        let (errno, event) = decide(fd, &notif, &index);
+        let allow = errno == 0;
+        let resp = libc::seccomp_notif_resp {
+            id: notif.id,
+            val: 0,
+            error: -errno,
+            flags: if allow {
+                libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32
+            } else {
+                0
+            },
+        };
+        // SAFETY: `resp` is a valid seccomp_notif_resp. Failure means the caller is gone.
+        unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SEND, &resp) };
+        if let Some(event) = event {
+            report(event);
+        }
+    }
+}
+
+fn refused(
+    pid: u32,
+    path: &str,
+    sha256: Option<Sha256>,
+    reason: impl Into<String>,
+) -> (i32, Option<Event>) {
+    (
+        libc::EACCES,
+        Some(Event::ExecRefused {
+            pid,
+            path: path.to_owned(),
+            sha256: sha256.map(|s| s.hex().to_owned()),
+            reason: reason.into(),
+        }),
+    )
+}
+
+/// The errno to answer with (0: let the call continue) and what to report.
+fn decide(listener: RawFd, n: &libc::seccomp_notif, index: &ExecIndex) -> (i32, Option<Event>) {
+    let pid = n.pid;
+    let nr = i64::from(n.data.nr);
+    let (dirfd, ptr, flags) = if nr == libc::SYS_execve {
+        (libc::AT_FDCWD, n.data.args[0], 0u64)
+    } else if nr == libc::SYS_execveat {
+        (n.data.args[0] as i32, n.data.args[1], n.data.args[4])
+    } else {
+        return refused(pid, "?", None, format!("unexpected syscall {nr}"));
+    };
+    let path = match read_path(pid, ptr) {
+        Ok(p) => p,
+        Err(e) => return refused(pid, "?", None, format!("cannot read the path: {e}")),
+    };
+    let file = match open_in_task(pid, dirfd, &path, flags) {
+        Ok(f) => f,
+        // Nothing to run there: answer as the kernel would (shells search PATH this way).
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+            return (e.raw_os_error().unwrap_or(libc::ENOENT), None);
+        }
+        Err(e) => {
+            return refused(
+                pid,
+                &path,
+                None,
+                format!("cannot open it in the sandbox: {e}"),
+            );
+        }
+    };
+    // The pid could have been reused between the notification and the open: check the
+    // notification is still live, i.e. the opened file belongs to the caller's view.
+    // SAFETY: a valid u64 id for the ioctl.
+    if unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &n.id) } != 0 {
+        return refused(pid, &path, None, "the caller went away");
+    }
+    match index.check(&file) {
+        Ok(image_path) => (
+            0,
+            Some(Event::ExecAllowed {
+                pid,
+                path: image_path,
+            }),
+        ),
+        Err(r) => refused(pid, &path, r.sha256, r.reason),
+    }
+}
+
+/// Reads a NUL-terminated path from the task's memory (at most `PATH_MAX`).
+fn read_path(pid: u32, addr: u64) -> std::io::Result<String> {
+    let mem = File::open(format!("/proc/{pid}/mem"))?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    let mut got = 0usize;
+    // Read page by page: the string may end right before an unmapped page.
+    while got < buf.len() {
+        let off = addr.saturating_add(got as u64);
+        let to_page_end = 4096 - (off % 4096) as usize;
+        let end = (got + to_page_end).min(buf.len());
+        let chunk = buf.get_mut(got..end).unwrap_or_default();
+        let n = mem.read_at(chunk, off)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(z) = chunk.iter().take(n).position(|b| *b == 0) {
+            got += z;
+            buf.truncate(got);
+            return String::from_utf8(buf).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "path is not UTF-8")
+            });
+        }
+        got += n;
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "path longer than PATH_MAX",
+    ))
+}
+
+fn open_path(path: &str, flags: i32) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// Opens what an exec call names, resolved in the task's root.
+fn open_in_task(pid: u32, dirfd: i32, path: &str, flags: u64) -> std::io::Result<File> {
+    let empty_path = flags & libc::AT_EMPTY_PATH as u64 != 0;
+    if path.is_empty() {
+        if !empty_path || dirfd < 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        // fexecve / execveat(fd, "", AT_EMPTY_PATH): the file behind the task's descriptor.
+        return open_path(&format!("/proc/{pid}/fd/{dirfd}"), libc::O_CLOEXEC);
+    }
+    // The task's own /proc entries (busybox runs its applets as /proc/self/exe): the
+    // supervisor's /proc/self would be itself, so go through the task's host pid. These are
+    // the task's own magic links: the file behind them is what the kernel would execute.
+    for prefix in ["/proc/self/", "/proc/thread-self/"] {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            if rest.contains("..") {
+                return Err(std::io::Error::from_raw_os_error(libc::EACCES));
+            }
+            return open_path(&format!("/proc/{pid}/{rest}"), libc::O_CLOEXEC);
+        }
+    }
+    let full = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        let base = if dirfd == libc::AT_FDCWD {
+            format!("/proc/{pid}/cwd")
+        } else {
+            format!("/proc/{pid}/fd/{dirfd}")
+        };
+        // The directory as the task sees it (its root is the pivoted image root).
+        let dir = std::fs::read_link(&base)?;
+        let dir = dir.to_string_lossy();
+        if !dir.starts_with('/') || dir.ends_with(" (deleted)") {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        format!("{}/{path}", dir.trim_end_matches('/'))
+    };
+    let root = open_path(
+        &format!("/proc/{pid}/root"),
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+    )?;
+    let cpath = CString::new(full).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    if flags & libc::AT_SYMLINK_NOFOLLOW as u64 != 0 {
+        resolve |= libc::RESOLVE_NO_SYMLINKS;
+    }
+    // SAFETY: all-zero is a valid open_how; fields are set below.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
+    // SAFETY: `root` is an open directory fd, `cpath` NUL-terminated, `how` a valid open_how of
+    // the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            cpath.as_ptr(),
+            &how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor now owned by the File.
+    Ok(unsafe { File::from_raw_fd(fd as RawFd) })
+}
