@@ -4,6 +4,9 @@
 #   libprotobuf-dev    the well-known .proto files protoc imports (google/protobuf/*.proto)
 #   etcd-server        real etcd members started by the tests and the benchmark
 #   openssl            the reference X.509 tool the identity tests check certificates with
+#   gcc, libc6-dev     the sandbox suite builds its static workload (tests/progs/probe.c)
+#   busybox-static, bubblewrap, crun
+#                      the sandbox benchmark's rootfs and the peers it is measured against
 # and, from PyPI, py-spiffe (`spiffe`), the Python SPIFFE Workload API client the identity
 # tests talk to, securesystemslib, the DSSE reference implementation, and in-toto-attestation,
 # the in-toto attestation framework's bindings (Statement v1, SLSA Provenance v1).
@@ -19,6 +22,11 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 if ! $build_only; then
 { command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ]; } || need+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
+[ -x /bin/busybox ] || need+=(busybox-static)
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+command -v crun >/dev/null 2>&1 || need+=(crun)
 fi
 
 if [ "${#need[@]}" -gt 0 ]; then

@@ -432,7 +432,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
         let layout = t.path().join("img");
         let layer = oci::tar(&[("bin/tool", 0o755, b"one")]);
-        oci::write_layout(&layout, &serde_json::json!({}), &[layer.clone()], "t")
+        oci::write_layout(&layout, &serde_json::json!({}), std::slice::from_ref(&layer), "t")
             .unwrap_or_else(|e| unreachable!("{e}"));
         let blob = layout.join("blobs/sha256").join(Sha256::of(&layer).hex());
         let mut changed = layer;

@@ -172,11 +172,20 @@ fn decide(listener: RawFd, n: &libc::seccomp_notif, index: &ExecIndex) -> (i32, 
     } else {
         return refused(pid, "?", None, format!("unexpected syscall {nr}"));
     };
-    let path = match read_path(pid, ptr) {
+    let raw = match read_path(pid, ptr) {
         Ok(p) => p,
         Err(e) => return refused(pid, "?", None, format!("cannot read the path: {e}")),
     };
-    let file = match open_in_task(pid, dirfd, &path, flags) {
+    // What to call it in reports: the path, or the descriptor and what it refers to.
+    let path = if raw.is_empty() {
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{dirfd}"))
+            .map(|t| t.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "?".into());
+        format!("fd {dirfd} ({target})")
+    } else {
+        raw.clone()
+    };
+    let file = match open_in_task(pid, dirfd, &raw, flags) {
         Ok(f) => f,
         // Nothing to run there: answer as the kernel would (shells search PATH this way).
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {

@@ -1,0 +1,245 @@
+/* The sandbox test suite's workload: one static program, one attempt per subcommand.
+ * Prints "refused: <what> <errno name>" and exits 0 when every attempt of the subcommand is
+ * refused; prints "ESCAPED: <what>" and exits 1 when one succeeds; exits 2 on misuse.
+ * Benchmark subcommands print "ns_per_op <n>". Built by the tests with `gcc -static`. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/perf_event.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <netinet/in.h>
+
+static const char *ename(int e) {
+    switch (e) {
+    case EPERM: return "EPERM";
+    case EACCES: return "EACCES";
+    case ENOENT: return "ENOENT";
+    case EROFS: return "EROFS";
+    case ESRCH: return "ESRCH";
+    case EAGAIN: return "EAGAIN";
+    case ENOSYS: return "ENOSYS";
+    case EBADF: return "EBADF";
+    case EINVAL: return "EINVAL";
+    case ELOOP: return "ELOOP";
+    case ENOMEM: return "ENOMEM";
+    default: return strerror(e);
+    }
+}
+
+static int escaped = 0;
+
+/* rc < 0 means refused with errno; otherwise the attempt worked. */
+static void expect_refused(const char *what, long rc) {
+    if (rc < 0) {
+        printf("refused: %s %s\n", what, ename(errno));
+    } else {
+        printf("ESCAPED: %s (rc=%ld)\n", what, rc);
+        escaped = 1;
+    }
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int copy_self(const char *dst, int extra_byte) {
+    int in = open("/proc/self/exe", O_RDONLY);
+    if (in < 0) in = open("/bin/probe", O_RDONLY);
+    int out = open(dst, O_CREAT | O_WRONLY | O_TRUNC, 0755);
+    if (in < 0 || out < 0) return -1;
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(in, buf, sizeof buf)) > 0) {
+        if (write(out, buf, (size_t)n) != n) return -1;
+    }
+    if (extra_byte) {
+        if (write(out, "\n", 1) != 1) return -1;
+    }
+    close(in);
+    return out;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    if (argc < 2) {
+        fprintf(stderr, "usage: probe <test> [args]\n");
+        return 2;
+    }
+    const char *t = argv[1];
+    char *const child_argv[] = {"probe", "hello", NULL};
+    char *const envp[] = {NULL};
+
+    if (!strcmp(t, "hello")) {
+        printf("hello from pid %d\n", getpid());
+        return 0;
+    } else if (!strcmp(t, "write-outside")) {
+        expect_refused("create /escape", open("/escape", O_CREAT | O_WRONLY, 0644));
+        expect_refused("create /../../escape", open("/../../escape", O_CREAT | O_WRONLY, 0644));
+        expect_refused("write /bin/probe", open("/bin/probe", O_WRONLY));
+        expect_refused("mkdir /newdir", mkdir("/newdir", 0755));
+        expect_refused("write /proc/sys/kernel/hostname",
+                       open("/proc/sys/kernel/hostname", O_WRONLY));
+        expect_refused("write /proc/sysrq-trigger", open("/proc/sysrq-trigger", O_WRONLY));
+        expect_refused("create via /proc/1/root", open("/proc/1/root/../escape", O_CREAT | O_WRONLY, 0644));
+        int fd = open("/tmp/inside", O_CREAT | O_WRONLY, 0644);
+        printf("tmp writable: %s\n", fd >= 0 ? "yes" : "no");
+    } else if (!strcmp(t, "read-shadow")) {
+        expect_refused("open /etc/shadow", open("/etc/shadow", O_RDONLY));
+        expect_refused("open /../../etc/shadow", open("/../../etc/shadow", O_RDONLY));
+        expect_refused("open /proc/1/root/etc/shadow", open("/proc/1/root/etc/shadow", O_RDONLY));
+        expect_refused("open /proc/1/cwd/../etc/shadow", open("/proc/1/cwd/../etc/shadow", O_RDONLY));
+    } else if (!strcmp(t, "ptrace")) {
+        pid_t host = argc > 2 ? atoi(argv[2]) : 1;
+        expect_refused("ptrace attach host pid", ptrace(PTRACE_ATTACH, host, 0, 0));
+        expect_refused("ptrace seize host pid", ptrace(PTRACE_SEIZE, host, 0, 0));
+        expect_refused("kill host pid", kill(host, SIGTERM));
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/mem", host);
+        expect_refused("open host /proc/pid/mem", open(path, O_RDONLY));
+    } else if (!strcmp(t, "mount")) {
+        expect_refused("mount tmpfs", mount("tmpfs", "/tmp", "tmpfs", 0, NULL));
+        expect_refused("mount proc", mount("proc", "/tmp", "proc", 0, NULL));
+        expect_refused("remount / rw", mount(NULL, "/", NULL, MS_REMOUNT, NULL));
+        expect_refused("umount /proc", umount2("/proc", MNT_DETACH));
+    } else if (!strcmp(t, "module")) {
+        expect_refused("init_module", syscall(SYS_init_module, NULL, 0, ""));
+        int fd = open("/bin/probe", O_RDONLY);
+        expect_refused("finit_module", syscall(SYS_finit_module, fd, "", 0));
+        expect_refused("delete_module", syscall(SYS_delete_module, "ext4", 0));
+    } else if (!strcmp(t, "raw-socket")) {
+        expect_refused("socket AF_INET SOCK_RAW", socket(AF_INET, SOCK_RAW, IPPROTO_ICMP));
+        expect_refused("socket AF_PACKET", socket(17 /* AF_PACKET */, SOCK_RAW, 0));
+    } else if (!strcmp(t, "leaked-fd")) {
+        for (int fd = 3; fd < 1024; fd++) {
+            if (fcntl(fd, F_GETFD) >= 0) {
+                char link[64], target[256] = {0};
+                snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+                readlink(link, target, sizeof target - 1);
+                printf("ESCAPED: fd %d is open (%s)\n", fd, target);
+                escaped = 1;
+            }
+        }
+        char cwd[256] = {0};
+        if (getcwd(cwd, sizeof cwd) == NULL || strcmp(cwd, "/") != 0) {
+            printf("ESCAPED: cwd outside the root (%s)\n", cwd);
+            escaped = 1;
+        }
+        expect_refused("open /proc/self/fd/7/etc/shadow", open("/proc/self/fd/7/etc/shadow", O_RDONLY));
+        expect_refused("open /proc/1/fd/7", open("/proc/1/fd/7", O_RDONLY));
+        if (!escaped) printf("refused: no inherited descriptor above 2\n");
+    } else if (!strcmp(t, "exec-written")) {
+        int fd = copy_self("/tmp/dropped", 1);
+        if (fd < 0) { printf("setup failed: %s\n", ename(errno)); return 2; }
+        close(fd);
+        expect_refused("execve /tmp/dropped", execve("/tmp/dropped", child_argv, envp));
+    } else if (!strcmp(t, "memfd-exec")) {
+        int fd = (int)syscall(SYS_memfd_create, "payload", 0);
+        if (fd < 0) {
+            expect_refused("memfd_create", fd);
+        } else {
+            int in = open("/proc/self/exe", O_RDONLY);
+            char buf[65536];
+            ssize_t n;
+            while (in >= 0 && (n = read(in, buf, sizeof buf)) > 0) write(fd, buf, (size_t)n);
+            write(fd, "\n", 1);
+            expect_refused("execveat memfd AT_EMPTY_PATH",
+                           syscall(SYS_execveat, fd, "", child_argv, envp, AT_EMPTY_PATH));
+            char path[64];
+            snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+            expect_refused("execve /proc/self/fd/N of memfd", execve(path, child_argv, envp));
+        }
+    } else if (!strcmp(t, "int80")) {
+        long ret;
+        /* getpid through the ia32 entry point: the filter must kill us before it runs. */
+        __asm__ volatile("int $0x80" : "=a"(ret) : "a"(20) : "memory");
+        printf("ESCAPED: ia32 syscall returned %ld\n", ret);
+        return 1;
+    } else if (!strcmp(t, "fork-bomb")) {
+        int n = 0;
+        for (;;) {
+            pid_t p = fork();
+            if (p == 0) { pause(); _exit(0); }
+            if (p < 0) {
+                printf("refused: fork %s after %d children\n", ename(errno), n);
+                break;
+            }
+            if (++n >= 100000) { printf("ESCAPED: %d children\n", n); escaped = 1; break; }
+        }
+        kill(-1, SIGKILL);
+        while (wait(NULL) > 0) {}
+    } else if (!strcmp(t, "mem-bomb")) {
+        size_t total = 0;
+        for (;;) {
+            char *p = malloc(1 << 20);
+            if (!p) { printf("refused: malloc ENOMEM after %zu MiB\n", total >> 20); return 0; }
+            memset(p, 1, 1 << 20);
+            total += 1 << 20;
+            if (total >= (size_t)4 << 30) { printf("ESCAPED: %zu MiB\n", total >> 20); return 1; }
+        }
+    } else if (!strcmp(t, "ids")) {
+        FILE *f = fopen("/proc/self/status", "r");
+        char line[256];
+        while (f && fgets(line, sizeof line, f)) {
+            if (!strncmp(line, "Uid:", 4) || !strncmp(line, "CapEff:", 7) ||
+                !strncmp(line, "CapPrm:", 7) || !strncmp(line, "NoNewPrivs:", 11))
+                fputs(line, stdout);
+        }
+    } else if (!strcmp(t, "strict-calls")) {
+        expect_refused("bpf", syscall(SYS_bpf, 5 /* BPF_PROG_LOAD */, NULL, 0));
+        expect_refused("keyctl", syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3, 0));
+        expect_refused("userfaultfd", syscall(SYS_userfaultfd, 0));
+        struct perf_event_attr a;
+        memset(&a, 0, sizeof a);
+        a.type = PERF_TYPE_SOFTWARE;
+        a.size = sizeof a;
+        a.config = PERF_COUNT_SW_CPU_CLOCK;
+        expect_refused("perf_event_open", syscall(SYS_perf_event_open, &a, 0, -1, -1, 0));
+        expect_refused("unshare(CLONE_NEWUSER)", unshare(CLONE_NEWUSER));
+        expect_refused("clone(CLONE_NEWUSER)", syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0));
+    } else if (!strcmp(t, "getppid")) {
+        long n = argc > 2 ? atol(argv[2]) : 1000000;
+        uint64_t t0 = now_ns();
+        for (long i = 0; i < n; i++) syscall(SYS_getppid);
+        printf("ns_per_op %.1f\n", (double)(now_ns() - t0) / (double)n);
+    } else if (!strcmp(t, "fsloop")) {
+        long n = argc > 2 ? atol(argv[2]) : 20000;
+        const char *dir = argc > 3 ? argv[3] : "/tmp";
+        char path[256];
+        snprintf(path, sizeof path, "%s/fsloop.%d", dir, getpid());
+        struct stat st;
+        uint64_t t0 = now_ns();
+        for (long i = 0; i < n; i++) {
+            int fd = open(path, O_CREAT | O_WRONLY, 0644);
+            close(fd);
+            stat(path, &st);
+            unlink(path);
+        }
+        printf("ns_per_op %.1f\n", (double)(now_ns() - t0) / (double)n);
+    } else if (!strcmp(t, "compute")) {
+        long n = argc > 2 ? atol(argv[2]) : 200000000;
+        volatile uint64_t x = 1;
+        uint64_t t0 = now_ns();
+        for (long i = 0; i < n; i++) x = x * 6364136223846793005ull + 1442695040888963407ull;
+        printf("ns_per_op %.3f\n", (double)(now_ns() - t0) / (double)n);
+    } else {
+        fprintf(stderr, "unknown test %s\n", t);
+        return 2;
+    }
+    return escaped;
+}

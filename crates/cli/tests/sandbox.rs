@@ -1,0 +1,456 @@
+//! The sandbox's escape and abuse suite (issue: runtime sandbox), run against the real
+//! `ringfence sandbox run` as root. The workload is `tests/progs/probe.c`, built static by
+//! each test; each attack is a named test asserting the refusal and what the user sees.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Rootfs {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+fn require_root() {
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1);
+    assert_eq!(
+        uid, 0,
+        "the sandbox suite needs root (namespaces, uid maps, cgroups); CI runs it as root"
+    );
+}
+
+/// A rootfs with the static probe at /bin/probe (and, on request, a setuid-root copy).
+fn rootfs() -> Rootfs {
+    require_root();
+    let dir = tempfile::Builder::new()
+        .prefix("ringfence-sandbox-test")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("tempdir: {e}"));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod: {e}"));
+    let root = dir.path().join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/probe.c");
+    let out = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(root.join("bin/probe"))
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| panic!("gcc (scripts/install-deps.sh installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "building the probe failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Rootfs { _dir: dir, root }
+}
+
+fn ringfence() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ringfence"))
+}
+
+fn run_in(root: &Path, extra: &[&str], cmd: &[&str]) -> Output {
+    let mut c = ringfence();
+    c.args(["sandbox", "run", "--rootfs"]).arg(root);
+    c.args(extra).arg("--").args(cmd);
+    c.output()
+        .unwrap_or_else(|e| panic!("running ringfence: {e}"))
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Runs a probe attack and asserts every attempt was refused (and the probe says so).
+fn assert_all_refused(o: &Output, expect: &[&str]) {
+    let (out, err) = text(o);
+    assert!(
+        !out.contains("ESCAPED"),
+        "escape!\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    for line in expect {
+        assert!(
+            out.contains(line),
+            "missing {line:?} in:\n{out}\nstderr:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn a_compliant_command_runs_as_pid_1_without_capabilities() {
+    let r = rootfs();
+    let o = run_in(&r.root, &[], &["/bin/probe", "hello"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(out, "hello from pid 1\n");
+    let o = run_in(&r.root, &[], &["probe", "ids"]);
+    let (out, _) = text(&o);
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("CapPrm:\t0000000000000000"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+}
+
+#[test]
+fn writing_outside_the_rootfs_is_refused() {
+    let r = rootfs();
+    let o = run_in(&r.root, &[], &["/bin/probe", "write-outside"]);
+    assert_all_refused(
+        &o,
+        &[
+            "refused: create /escape EROFS",
+            "refused: create /../../escape EROFS",
+            "refused: write /bin/probe EACCES",
+            "refused: create via /proc/1/root EROFS",
+            "tmp writable: yes",
+        ],
+    );
+    assert!(!r.root.join("escape").exists());
+    assert!(
+        !r.root
+            .parent()
+            .map(|p| p.join("escape").exists())
+            .unwrap_or(true)
+    );
+}
+
+#[test]
+fn the_hosts_etc_shadow_cannot_be_read() {
+    let r = rootfs();
+    let o = run_in(&r.root, &[], &["/bin/probe", "read-shadow"]);
+    assert_all_refused(
+        &o,
+        &[
+            "refused: open /etc/shadow ENOENT",
+            "refused: open /../../etc/shadow ENOENT",
+            "refused: open /proc/1/root/etc/shadow ENOENT",
+        ],
+    );
+}
+
+#[test]
+fn ptrace_of_a_host_process_is_refused() {
+    let r = rootfs();
+    let me = std::process::id().to_string();
+    let o = run_in(&r.root, &[], &["/bin/probe", "ptrace", &me]);
+    assert_all_refused(
+        &o,
+        &[
+            "refused: ptrace attach host pid EPERM",
+            "refused: ptrace seize host pid EPERM",
+            "refused: kill host pid ESRCH",
+        ],
+    );
+}
+
+#[test]
+fn mount_is_refused() {
+    let r = rootfs();
+    let o = run_in(&r.root, &[], &["/bin/probe", "mount"]);
+    assert_all_refused(
+        &o,
+        &[
+            "refused: mount tmpfs EPERM",
+            "refused: remount / rw EPERM",
+            "refused: umount /proc EPERM",
+        ],
+    );
+}
+
+#[test]
+fn loading_a_kernel_module_is_refused() {
+    let r = rootfs();
+    let o = run_in(&r.root, &[], &["/bin/probe", "module"]);
+    assert_all_refused(
+        &o,
+        &["refused: init_module EPERM", "refused: finit_module EPERM"],
+    );
+}
+
+#[test]
+fn a_raw_socket_is_refused() {
+    let r = rootfs();
+    let o = run_in(&r.root, &[], &["/bin/probe", "raw-socket"]);
+    assert_all_refused(
+        &o,
+        &[
+            "refused: socket AF_INET SOCK_RAW EPERM",
+            "refused: socket AF_PACKET EPERM",
+        ],
+    );
+}
+
+/// runc CVE-2024-21626 class: a host directory descriptor leaked into the container lets
+/// `/proc/self/fd/N/..` walk the host. The sandbox closes every inherited descriptor.
+#[test]
+fn a_leaked_host_descriptor_is_closed_before_the_task_runs() {
+    let r = rootfs();
+    // A careless parent: the shell opens the host's /etc as fd 7, without close-on-exec,
+    // and execs ringfence with it.
+    let mut c = Command::new("sh");
+    c.args(["-c", "exec 7</etc && exec \"$0\" \"$@\""]);
+    c.arg(env!("CARGO_BIN_EXE_ringfence"));
+    c.args(["sandbox", "run", "--rootfs"]).arg(&r.root);
+    c.args(["--", "/bin/probe", "leaked-fd"]);
+    let o = c.output().unwrap_or_else(|e| panic!("{e}"));
+    assert_all_refused(
+        &o,
+        &[
+            "refused: open /proc/self/fd/7/etc/shadow ENOENT",
+            "refused: no inherited descriptor above 2",
+        ],
+    );
+}
+
+#[test]
+fn exec_of_a_binary_written_at_run_time_is_refused_and_reported() {
+    let r = rootfs();
+    let o = run_in(&r.root, &[], &["/bin/probe", "exec-written"]);
+    assert_all_refused(&o, &["refused: execve /tmp/dropped EACCES"]);
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("ringfence sandbox: drift: refused exec of /tmp/dropped (sha256:")
+            && err.contains("): not in the verified image (written or brought in at run time)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn exec_through_memfd_and_execveat_is_refused_and_reported() {
+    let r = rootfs();
+    let o = run_in(&r.root, &[], &["/bin/probe", "memfd-exec"]);
+    assert_all_refused(
+        &o,
+        &[
+            "refused: execveat memfd AT_EMPTY_PATH EACCES",
+            "refused: execve /proc/self/fd/N of memfd EACCES",
+        ],
+    );
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("drift: refused exec of fd 3 (/memfd:payload (deleted)) (sha256:"),
+        "{err}"
+    );
+    // The strict profile does not even let the memfd be made.
+    let o = run_in(
+        &r.root,
+        &["--profile", "strict"],
+        &["/bin/probe", "memfd-exec"],
+    );
+    assert_all_refused(&o, &["refused: memfd_create EPERM"]);
+}
+
+#[test]
+fn a_syscall_through_the_ia32_abi_kills_the_task() {
+    let r = rootfs();
+    let o = run_in(&r.root, &[], &["/bin/probe", "int80"]);
+    let (out, err) = text(&o);
+    assert!(!out.contains("ESCAPED"), "{out}");
+    assert_eq!(o.status.code(), Some(128 + 31), "{err}");
+    assert!(
+        err.contains(
+            "ringfence sandbox: killed by the syscall filter (SIGSYS): a call from another ABI (ia32 int 0x80 or x32)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_fork_bomb_is_stopped_by_the_pids_limit() {
+    let r = rootfs();
+    let o = run_in(&r.root, &["--pids", "16"], &["/bin/probe", "fork-bomb"]);
+    let (out, err) = text(&o);
+    assert!(
+        out.starts_with("refused: fork EAGAIN after "),
+        "{out}\n{err}"
+    );
+    let n: u32 = out
+        .trim()
+        .trim_start_matches("refused: fork EAGAIN after ")
+        .trim_end_matches(" children")
+        .parse()
+        .unwrap_or(999);
+    assert!(n < 16, "{n} children under a limit of 16");
+    assert!(
+        err.contains("ringfence sandbox: the pids limit refused"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_memory_bomb_is_oom_killed_and_reported() {
+    let r = rootfs();
+    let report = r
+        .root
+        .parent()
+        .map(|p| p.join("report.json"))
+        .unwrap_or_default();
+    let o = run_in(
+        &r.root,
+        &["--memory", "32M", "--report", &report.to_string_lossy()],
+        &["/bin/probe", "mem-bomb"],
+    );
+    let (out, err) = text(&o);
+    assert!(!out.contains("ESCAPED"), "{out}");
+    assert_eq!(o.status.code(), Some(137), "{out}\n{err}");
+    assert!(
+        err.contains(
+            "ringfence sandbox: killed: out of memory (the sandbox's memory limit was reached)"
+        ),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("report: {e}"));
+    assert_eq!(v["oom_killed"], true);
+    assert!(
+        v["memory_peak"].as_u64().unwrap_or(u64::MAX) <= 32 << 20,
+        "{v}"
+    );
+}
+
+#[test]
+fn a_setuid_binary_inside_the_image_gains_nothing() {
+    let r = rootfs();
+    let suid = r.root.join("bin/suid");
+    std::fs::copy(r.root.join("bin/probe"), &suid).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let o = run_in(&r.root, &[], &["/bin/suid", "ids"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("CapPrm:\t0000000000000000"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    // The task's root is the unprivileged host uid given, never the host's root.
+    let o = run_in(&r.root, &["--host-uid", "0"], &["/bin/suid", "ids"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        err.contains("the task's root must map to an unprivileged host uid and gid, not 0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_strict_profile_refuses_bpf_keyctl_userfaultfd_perf_and_nested_user_namespaces() {
+    let r = rootfs();
+    for profile in ["strict", "default"] {
+        let o = run_in(
+            &r.root,
+            &["--profile", profile],
+            &["/bin/probe", "strict-calls"],
+        );
+        assert_all_refused(
+            &o,
+            &[
+                "refused: bpf EPERM",
+                "refused: keyctl EPERM",
+                "refused: userfaultfd EPERM",
+                "refused: perf_event_open EPERM",
+                "refused: unshare(CLONE_NEWUSER) EPERM",
+                "refused: clone(CLONE_NEWUSER) EPERM",
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_command_missing_from_the_image_exits_127_with_the_reason() {
+    let r = rootfs();
+    let o = run_in(&r.root, &[], &["nosuchtool"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(127), "{err}");
+    assert!(
+        err.contains("error: sandbox setup failed: exec nosuchtool: not found in"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_oci_image_is_verified_unpacked_and_run_and_a_tampered_one_refused() {
+    let r = rootfs();
+    let probe = std::fs::read(r.root.join("bin/probe")).unwrap_or_default();
+    let layout = r.root.parent().map(|p| p.join("image")).unwrap_or_default();
+    let layer = ringfence_provenance_tar(&[("bin/probe", 0o755, &probe)]);
+    write_layout(&layout, &layer);
+    let work = r.root.parent().map(|p| p.join("work")).unwrap_or_default();
+    let run = |extra: &[&str]| {
+        let mut c = ringfence();
+        c.args(["sandbox", "run", "--image"]).arg(&layout);
+        c.arg("--work-dir").arg(&work).args(extra);
+        c.args(["--", "/bin/probe", "hello"]);
+        c.output().unwrap_or_else(|e| panic!("{e}"))
+    };
+    let o = run(&[]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(out, "hello from pid 1\n");
+    // The unpacked root is removed afterwards.
+    assert_eq!(std::fs::read_dir(&work).map(|d| d.count()).unwrap_or(0), 0);
+
+    // One flipped byte in the layer: refused before anything runs.
+    let blob = std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) > 10_000)
+        .unwrap_or_else(|| panic!("no layer blob"));
+    let mut bytes = std::fs::read(&blob).unwrap_or_default();
+    if let Some(b) = bytes.get_mut(5000) {
+        *b ^= 0xff;
+    }
+    std::fs::write(&blob, bytes).unwrap_or_else(|e| panic!("{e}"));
+    let o = run(&[]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(125), "{out}{err}");
+    assert!(
+        err.contains("does not match: content hashes to sha256:"),
+        "{err}"
+    );
+    assert!(out.is_empty());
+}
+
+fn ringfence_provenance_tar(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
+    ringfence_provenance::oci::tar(files)
+}
+
+fn write_layout(dir: &Path, layer: &[u8]) {
+    ringfence_provenance::oci::write_layout(
+        dir,
+        &serde_json::json!({"architecture": "amd64", "os": "linux"}),
+        &[layer.to_vec()],
+        "probe:test",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn profile_show_lists_what_is_allowed_supervised_and_refused() {
+    let o = ringfence()
+        .args(["sandbox", "profile", "show", "--profile", "strict"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        out.starts_with("profile strict: compute and files only"),
+        "{out}"
+    );
+    assert!(out.contains("architecture: x86-64 only (ia32 and x32 calls kill the process)"));
+    assert!(
+        out.contains("execve") && out.contains("supervised (exec must be in the verified image)")
+    );
+    assert!(!out.contains(" socket "), "strict lists socket:\n{out}");
+    let o = ringfence()
+        .args(["sandbox", "profile", "show", "--json"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert_eq!(v["profile"], "default");
+    assert!(v["rules"].as_array().map(|a| a.len()).unwrap_or(0) > 150);
+}
