@@ -2,6 +2,13 @@
 //! `ringfence sandbox run` as root. The workload is `tests/progs/probe.c`, built static by
 //! each test; each attack is a named test asserting the refusal and what the user sees.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code: a panic is a failure report
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
