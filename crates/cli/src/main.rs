@@ -129,6 +129,20 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&settings, &cli.global);
+    let verbose = cli.global.verbose > 0;
+    // The sandbox runs without the async runtime (see sandbox_cmd::run).
+    let command = match cli.command {
+        Command::Sandbox(cmd) => {
+            return match sandbox_cmd::run(cmd, verbose) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(exit::code_for(&e))
+                }
+            };
+        }
+        other => other,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -139,8 +153,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let verbose = cli.global.verbose > 0;
-    let result = runtime.block_on(run(cli.command, settings, verbose));
+    let result = runtime.block_on(run(command, settings));
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -150,7 +163,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, settings: Settings, verbose: bool) -> anyhow::Result<u8> {
+async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
     match command {
         Command::Version { json } => {
             print_version(json)?;
@@ -163,7 +176,7 @@ async fn run(command: Command, settings: Settings, verbose: bool) -> anyhow::Res
         Command::Bab(cmd) => bab_cmd::run(cmd, &settings).await,
         Command::Attest(cmd) => attest_cmd::run(cmd, &settings).await,
         Command::Artifact(cmd) => artifact_cmd::run(cmd, &settings).await,
-        Command::Sandbox(cmd) => sandbox_cmd::run(cmd, verbose).await,
+        Command::Sandbox(cmd) => sandbox_cmd::run(cmd, false),
     }
 }
 

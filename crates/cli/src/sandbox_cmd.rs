@@ -80,7 +80,8 @@ pub struct RunArgs {
     /// Write a JSON report (exit, OOM, exec decisions) to this file
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
-    /// Where images are unpacked [default: $TMPDIR/ringfence-sandbox]
+    /// Where images are unpacked and executable digests cached; must be root's and writable by
+    /// no one else [default: /run/ringfence/sandbox]
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
     /// The command and its arguments
@@ -88,7 +89,10 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-pub async fn run(cmd: SandboxCommand, verbose: bool) -> anyhow::Result<u8> {
+/// Runs synchronously on the calling thread, without an async runtime: the sandbox's init
+/// dies with the thread that started it (`PR_SET_PDEATHSIG`), so that thread must be the one
+/// that lives as long as the sandbox — and Ctrl-C, which ends this process, ends the sandbox.
+pub fn run(cmd: SandboxCommand, verbose: bool) -> anyhow::Result<u8> {
     match cmd {
         SandboxCommand::Profile(ProfileCommand::Show { profile, json }) => {
             let p = Profile::named(&profile)?;
@@ -112,11 +116,11 @@ pub async fn run(cmd: SandboxCommand, verbose: bool) -> anyhow::Result<u8> {
             }
             Ok(crate::exit::SUCCESS)
         }
-        SandboxCommand::Run(args) => run_sandbox(*args, verbose).await,
+        SandboxCommand::Run(args) => run_sandbox(*args, verbose),
     }
 }
 
-async fn run_sandbox(args: RunArgs, verbose: bool) -> anyhow::Result<u8> {
+fn run_sandbox(args: RunArgs, verbose: bool) -> anyhow::Result<u8> {
     let limits = Limits {
         memory: args.memory.as_deref().map(parse_memory).transpose()?,
         pids: args.pids,
@@ -142,7 +146,7 @@ async fn run_sandbox(args: RunArgs, verbose: bool) -> anyhow::Result<u8> {
         host_uid: args.host_uid,
         host_gid: args.host_uid,
         hostname: args.hostname,
-        init_program: std::env::current_exe().context("locating the ringfence binary")?,
+        init_program: init_program()?,
         work_dir: args.work_dir.unwrap_or_else(default_work_dir),
         cgroup_root: default_cgroup_root().to_owned(),
     };
@@ -151,23 +155,7 @@ async fn run_sandbox(args: RunArgs, verbose: bool) -> anyhow::Result<u8> {
         Event::ExecAllowed { .. } if verbose => eprintln!("ringfence sandbox: {e}"),
         Event::ExecAllowed { .. } => {}
     });
-    let running =
-        match tokio::task::spawn_blocking(move || ringfence_sandbox::start(&cfg, report)).await? {
-            Ok(r) => r,
-            Err(e) => return Ok(start_failure(&e)),
-        };
-    let pid = running.pid();
-    let waiter = tokio::task::spawn_blocking(move || running.wait());
-    tokio::pin!(waiter);
-    let outcome = tokio::select! {
-        r = &mut waiter => r?,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("ringfence sandbox: interrupted; stopping the sandbox");
-            // The init's death takes the task (pid 1 of its namespace) and all in it along.
-            ringfence_sandbox::run::kill(pid);
-            waiter.await?
-        }
-    };
+    let outcome = ringfence_sandbox::run(&cfg, report);
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => return Ok(start_failure(&e)),
@@ -180,6 +168,13 @@ async fn run_sandbox(args: RunArgs, verbose: bool) -> anyhow::Result<u8> {
         eprintln!("ringfence sandbox: {why}");
     }
     Ok(outcome.code())
+}
+
+/// The small init program beside this binary, or this binary itself.
+fn init_program() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("locating the ringfence binary")?;
+    let small = me.with_file_name("ringfence-sandbox-init");
+    Ok(if small.is_file() { small } else { me })
 }
 
 fn start_failure(e: &SandboxError) -> u8 {

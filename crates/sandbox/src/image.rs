@@ -215,6 +215,7 @@ pub struct Executable {
     pub sha256: Sha256,
     size: u64,
     mtime_ns: i128,
+    ctime_ns: i128,
 }
 
 /// The executables of a verified root filesystem, by inode and by content.
@@ -226,6 +227,46 @@ pub struct ExecIndex {
 
 fn mtime_ns(m: &std::fs::Metadata) -> i128 {
     i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
+}
+
+/// The change time: set by the kernel on every write or metadata change, and (unlike the
+/// modification time) not settable by a file's owner.
+fn ctime_ns(m: &std::fs::Metadata) -> i128 {
+    i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec())
+}
+
+/// Digests remembered between runs, keyed by what identifies an unchanged file.
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct HashCache {
+    /// `dev:ino:size:mtime_ns:ctime_ns` → sha256 hex.
+    files: HashMap<String, String>,
+}
+
+fn cache_key(m: &std::fs::Metadata) -> String {
+    format!(
+        "{}:{}:{}:{}:{}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        mtime_ns(m),
+        ctime_ns(m)
+    )
+}
+
+/// Checks that `dir` is owned by root and writable by nobody else, so what is kept there
+/// (unpacked images, the digest cache) cannot be changed behind the sandbox's back.
+pub fn check_private_dir(dir: &Path) -> Result<(), ImageError> {
+    let m = std::fs::metadata(dir).map_err(io(dir))?;
+    if m.uid() != 0 || m.mode() & 0o022 != 0 {
+        return Err(ImageError::Rootfs(format!(
+            "{} must be owned by root and writable by no one else (it is uid {}, mode {:o}): \
+             what is unpacked or cached there decides what may execute",
+            dir.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// Streams a reader through SHA-256, reading at most `limit` bytes.
@@ -250,6 +291,18 @@ pub fn hash_reader(mut r: impl Read, limit: u64) -> std::io::Result<Option<Sha25
 impl ExecIndex {
     /// Hashes every regular file with an execute bit under `root` (symlinks not followed).
     pub fn build(root: &Path) -> Result<ExecIndex, ImageError> {
+        Self::build_cached(root, None)
+    }
+
+    /// Like [`ExecIndex::build`], reusing digests from `cache` (a file in a directory that
+    /// [`check_private_dir`] accepts) for files whose device, inode, size, modification and
+    /// change times are unchanged, and saving the digests back.
+    pub fn build_cached(root: &Path, cache: Option<&Path>) -> Result<ExecIndex, ImageError> {
+        let old: HashCache = cache
+            .and_then(|c| std::fs::read(c).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let mut new = HashCache::default();
         let mut index = ExecIndex::default();
         let mut stack = vec![root.to_owned()];
         while let Some(dir) = stack.pop() {
@@ -260,10 +313,20 @@ impl ExecIndex {
                 if meta.is_dir() {
                     stack.push(path);
                 } else if meta.is_file() && meta.mode() & 0o111 != 0 {
-                    let file = std::fs::File::open(&path).map_err(io(&path))?;
-                    let Some(sha256) = hash_reader(file, MAX_EXEC_HASH).map_err(io(&path))? else {
-                        continue; // too large to check at exec time either: refused then
+                    let key = cache_key(&meta);
+                    let cached = old.files.get(&key).and_then(|hex| Sha256::parse(hex).ok());
+                    let sha256 = match cached {
+                        Some(s) => s,
+                        None => {
+                            let file = std::fs::File::open(&path).map_err(io(&path))?;
+                            match hash_reader(file, MAX_EXEC_HASH).map_err(io(&path))? {
+                                Some(s) => s,
+                                // Too large to check at exec time either: refused then.
+                                None => continue,
+                            }
+                        }
                     };
+                    new.files.insert(key, sha256.hex().to_owned());
                     let inside = format!("/{}", path.strip_prefix(root).unwrap_or(&path).display());
                     index
                         .by_hash
@@ -276,8 +339,18 @@ impl ExecIndex {
                             sha256,
                             size: meta.size(),
                             mtime_ns: mtime_ns(&meta),
+                            ctime_ns: ctime_ns(&meta),
                         },
                     );
+                }
+            }
+        }
+        if let Some(c) = cache.filter(|_| new.files != old.files) {
+            if let Ok(bytes) = serde_json::to_vec(&new) {
+                // A name of its own, so concurrent runs never interleave their writes.
+                let tmp = c.with_extension(format!("tmp.{}", std::process::id()));
+                if std::fs::write(&tmp, bytes).is_ok() {
+                    let _ = std::fs::rename(&tmp, c);
                 }
             }
         }
@@ -432,8 +505,13 @@ mod tests {
         let t = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
         let layout = t.path().join("img");
         let layer = oci::tar(&[("bin/tool", 0o755, b"one")]);
-        oci::write_layout(&layout, &serde_json::json!({}), std::slice::from_ref(&layer), "t")
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        oci::write_layout(
+            &layout,
+            &serde_json::json!({}),
+            std::slice::from_ref(&layer),
+            "t",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
         let blob = layout.join("blobs/sha256").join(Sha256::of(&layer).hex());
         let mut changed = layer;
         if let Some(b) = changed.get_mut(600) {

@@ -156,7 +156,9 @@ fn prepare(cfg: &Config, id: &str) -> Result<Prepared, SandboxError> {
     match &cfg.source {
         Source::Rootfs(dir) => {
             let rootfs = crate::image::prepare_rootfs(dir)?;
-            let index = ExecIndex::build(&rootfs)?;
+            private_work_dir(&cfg.work_dir)?;
+            let index =
+                ExecIndex::build_cached(&rootfs, Some(&cfg.work_dir.join("exec-digests.json")))?;
             Ok(Prepared {
                 rootfs,
                 index: Arc::new(index),
@@ -166,10 +168,8 @@ fn prepare(cfg: &Config, id: &str) -> Result<Prepared, SandboxError> {
         }
         Source::Image(layout) => {
             let dir = cfg.work_dir.join(id);
+            private_work_dir(&cfg.work_dir)?;
             let guard = Unpacked(dir.clone());
-            std::fs::create_dir_all(&cfg.work_dir).map_err(|e| {
-                SandboxError::Start(format!("work dir {}: {e}", cfg.work_dir.display()))
-            })?;
             let digest = crate::image::unpack(layout, &dir)?;
             let rootfs = crate::image::prepare_rootfs(&dir)?;
             let index = ExecIndex::build(&rootfs)?;
@@ -181,6 +181,21 @@ fn prepare(cfg: &Config, id: &str) -> Result<Prepared, SandboxError> {
             })
         }
     }
+}
+
+/// Creates the work directory (root's, mode 0711: the sandbox uid may pass through to an
+/// unpacked root, nobody else may list or change it) or checks an existing one.
+fn private_work_dir(dir: &Path) -> Result<(), SandboxError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(dir)
+            .map_err(|e| SandboxError::Start(format!("work dir {}: {e}", dir.display())))?;
+    }
+    crate::image::check_private_dir(dir)?;
+    Ok(())
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -199,7 +214,7 @@ pub struct Running {
     child: Child,
     status: BufReader<std::fs::File>,
     prepared: Prepared,
-    cgroup: Cgroup,
+    cgroup: Option<Cgroup>,
     stop: Arc<AtomicBool>,
     events: Arc<Mutex<Vec<Event>>>,
     report: Arc<dyn Fn(&Event) + Send + Sync>,
@@ -240,7 +255,13 @@ pub fn start(
             .unwrap_or(0)
     );
     let prepared = prepare(cfg, &id)?;
-    let cgroup = Cgroup::create(&cfg.cgroup_root, &id, cfg.limits)?;
+    // Limits are opt-in: moving a process into a cgroup costs an RCU grace period on most
+    // kernels (milliseconds), so a sandbox without limits has no cgroup of its own.
+    let cgroup = if cfg.limits == Limits::default() {
+        None
+    } else {
+        Some(Cgroup::create(&cfg.cgroup_root, &id, cfg.limits)?)
+    };
     let start_err = |what: &str| {
         let what = what.to_owned();
         move |e: std::io::Error| SandboxError::Start(format!("{what}: {e}"))
@@ -252,10 +273,17 @@ pub fn start(
     cmd.arg(INIT_ARG);
     cmd.env_clear();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // syscalls (dup2, prctl) on integers captured by value.
+    // syscalls (fcntl, dup2, prctl) on integers captured by value.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(cfg_r_fd, CONFIG_FD) < 0 || libc::dup2(st_w_fd, STATUS_FD) < 0 {
+            // Move both out of the way first: dup2 onto itself would keep close-on-exec, and
+            // one could sit on the other's target number.
+            let a = libc::fcntl(cfg_r_fd, libc::F_DUPFD_CLOEXEC, 10);
+            let b = libc::fcntl(st_w_fd, libc::F_DUPFD_CLOEXEC, 10);
+            if a < 0 || b < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::dup2(a, CONFIG_FD) < 0 || libc::dup2(b, STATUS_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -289,7 +317,9 @@ pub fn start(
         };
         write("uid_map", format!("0 {} 1\n", cfg.host_uid))?;
         write("gid_map", format!("0 {} 1\n", cfg.host_gid))?;
-        running.cgroup.add(pid)?;
+        if let Some(cg) = &running.cgroup {
+            cg.add(pid)?;
+        }
         let mut env = vec![
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
             "HOME=/".to_owned(),
@@ -446,9 +476,9 @@ impl Running {
         let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(Outcome {
             exit,
-            oom_killed: self.cgroup.oom_kills() > 0,
-            pids_refused: self.cgroup.pids_refused(),
-            memory_peak: self.cgroup.memory_peak(),
+            oom_killed: self.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0),
+            pids_refused: self.cgroup.as_ref().map_or(0, Cgroup::pids_refused),
+            memory_peak: self.cgroup.as_ref().and_then(Cgroup::memory_peak),
             events,
             landlock: std::mem::take(&mut self.landlock),
             image: self.prepared.image.as_ref().map(|d| d.to_string()),
@@ -474,9 +504,9 @@ pub fn kill(pid: u32) {
     unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
-/// Default work directory for unpacked images.
+/// Default work directory for unpacked images and the digest cache: root's, on tmpfs.
 pub fn default_work_dir() -> PathBuf {
-    std::env::temp_dir().join("ringfence-sandbox")
+    PathBuf::from("/run/ringfence/sandbox")
 }
 
 /// The default cgroup root.
