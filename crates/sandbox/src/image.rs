@@ -345,13 +345,13 @@ impl ExecIndex {
                 }
             }
         }
-        if let Some(c) = cache.filter(|_| new.files != old.files) {
-            if let Ok(bytes) = serde_json::to_vec(&new) {
-                // A name of its own, so concurrent runs never interleave their writes.
-                let tmp = c.with_extension(format!("tmp.{}", std::process::id()));
-                if std::fs::write(&tmp, bytes).is_ok() {
-                    let _ = std::fs::rename(&tmp, c);
-                }
+        if let Some(c) = cache.filter(|_| new.files != old.files)
+            && let Ok(bytes) = serde_json::to_vec(&new)
+        {
+            // A name of its own, so concurrent runs never interleave their writes.
+            let tmp = c.with_extension(format!("tmp.{}", std::process::id()));
+            if std::fs::write(&tmp, bytes).is_ok() {
+                let _ = std::fs::rename(&tmp, c);
             }
         }
         Ok(index)
