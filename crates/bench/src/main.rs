@@ -6,6 +6,7 @@
 mod admission;
 mod audit;
 mod identity;
+mod sandbox;
 mod stats;
 mod store;
 
@@ -58,6 +59,14 @@ enum Bench {
         #[arg(long, value_enum, default_value = "p256")]
         key_type: admission::KeyType,
     },
+    /// The runtime sandbox beside native execution, bubblewrap and crun on one rootfs:
+    /// start-to-exit of /bin/true, a filtered syscall, a syscall-heavy loop, a compute loop
+    /// (root; build `ringfence` first: cargo build --release -p ringfence-cli)
+    Sandbox {
+        /// Starts of /bin/true per runner
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+    },
     /// X.509-SVIDs issued per second end to end (CSR checks + signing + audit append), a
     /// burst re-issue, and the P-256 sign/verify ceiling in the same run
     Identity {
@@ -72,6 +81,10 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Bench::Sandbox { runs } = cli.bench {
+        // No async runtime: a sandbox dies with the thread that started it.
+        return sandbox::run(runs);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -86,5 +99,6 @@ fn main() -> anyhow::Result<()> {
             jobs,
             key_type,
         } => admission::run(seconds, jobs, key_type),
+        Bench::Sandbox { runs } => sandbox::run(runs),
     }
 }
