@@ -461,3 +461,104 @@ fn profile_show_lists_what_is_allowed_supervised_and_refused() {
     assert_eq!(v["profile"], "default");
     assert!(v["rules"].as_array().map(|a| a.len()).unwrap_or(0) > 150);
 }
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                    cmd.contains(marker)
+                        .then(|| format!("{}: {cmd}", e.file_name().to_string_lossy()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn interrupting_sandbox_run_stops_everything_inside() {
+    let r = rootfs();
+    let marker = format!("marker-{}", std::process::id());
+    let mut child = ringfence()
+        .args(["sandbox", "run", "--rootfs"])
+        .arg(&r.root)
+        .args(["--", "/bin/probe", "sleep", "60", &marker])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while processes_with(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Ctrl-C, by PID.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = processes_with(&marker);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after Ctrl-C: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_cpu_limit_slows_a_compute_loop() {
+    let r = rootfs();
+    let time = |extra: &[&str]| {
+        let t = std::time::Instant::now();
+        let o = run_in(&r.root, extra, &["/bin/probe", "compute", "100000000"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+        t.elapsed()
+    };
+    let free = time(&[]);
+    let limited = time(&["--cpu", "0.1"]);
+    assert!(
+        limited > free * 3,
+        "--cpu 0.1 took {limited:?}, unlimited {free:?}"
+    );
+}
+
+#[test]
+fn the_environment_is_only_what_was_given_and_the_host_name_is_the_sandboxs() {
+    let r = rootfs();
+    std::fs::copy("/bin/busybox", r.root.join("bin/busybox")).expect("busybox (busybox-static)");
+    std::os::unix::fs::symlink("busybox", r.root.join("bin/sh")).unwrap();
+    let o = ringfence()
+        .env("HOST_SECRET", "leaked")
+        .args(["sandbox", "run", "--rootfs"])
+        .arg(&r.root)
+        .args(["--env", "GREETING=hi", "--hostname", "job-7", "--"])
+        .args([
+            "/bin/sh",
+            "-c",
+            "echo \"$GREETING ${HOST_SECRET:-absent} $(hostname)\"",
+        ])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(out, "hi absent job-7\n");
+    let o = run_in(&r.root, &["--env", "NOEQUALS"], &["/bin/probe", "hello"]);
+    let (_, err) = text(&o);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        err.contains("--env \"NOEQUALS\": expected NAME=VALUE"),
+        "{err}"
+    );
+}

@@ -92,8 +92,18 @@ pub fn main() -> i32 {
     };
     // Until now this process was the host's root, unmapped in its own namespace: become the
     // namespace's root (the unprivileged host uid), so files it creates have a mapped owner.
+    // SAFETY: getppid has no preconditions.
+    let supervisor = unsafe { libc::getppid() };
     if let Err(e) = crate::sys::Syscall::become_ns_root(&LinuxSyscall) {
         report(&mut status, &format!("error ids: {e}"));
+        return 125;
+    }
+    // Changing ids cleared the parent-death signal the supervisor set: set it again, and
+    // make sure the supervisor did not die in between.
+    // SAFETY: plain integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != supervisor {
         return 125;
     }
     // SAFETY: plain integer argument.

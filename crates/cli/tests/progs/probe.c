@@ -195,6 +195,9 @@ int main(int argc, char **argv) {
             total += 1 << 20;
             if (total >= (size_t)4 << 30) { printf("ESCAPED: %zu MiB\n", total >> 20); return 1; }
         }
+    } else if (!strcmp(t, "sleep")) {
+        /* argv[3] is a marker the test looks for in /proc to find us. */
+        sleep(argc > 2 ? (unsigned)atoi(argv[2]) : 30);
     } else if (!strcmp(t, "ids")) {
         FILE *f = fopen("/proc/self/status", "r");
         char line[256];
