@@ -469,6 +469,47 @@ mod tests {
     }
 
     #[test]
+    fn digest_cache_is_reused_only_for_unchanged_files() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("bin")).ok();
+        let tool = root.join("bin/tool");
+        std::fs::write(&tool, b"v1").ok();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).ok();
+        let cache = t.path().join("cache.json");
+        let first =
+            ExecIndex::build_cached(&root, Some(&cache)).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(first.listing().get("/bin/tool"), Some(&Sha256::of(b"v1")));
+        assert!(cache.exists());
+        // Rewriting the file changes its change time: the cached digest is not reused.
+        std::fs::write(&tool, b"v2").ok();
+        let second =
+            ExecIndex::build_cached(&root, Some(&cache)).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(second.listing().get("/bin/tool"), Some(&Sha256::of(b"v2")));
+    }
+
+    #[test]
+    fn a_work_dir_others_can_write_is_refused() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).ok();
+        let err = check_private_dir(t.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("must be owned by root and writable by no one else")
+                && err.contains("mode 777"),
+            "{err}"
+        );
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o711)).ok();
+        // Owned by whoever runs the tests: accepted only for root.
+        let owner_is_root = std::fs::metadata(t.path())
+            .map(|m| m.uid() == 0)
+            .unwrap_or(false);
+        assert_eq!(check_private_dir(t.path()).is_ok(), owner_is_root);
+    }
+
+    #[test]
     fn image_layers_unpack_with_whiteouts_and_refuse_escapes() {
         let t = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
         let layout = t.path().join("img");
