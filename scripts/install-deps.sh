@@ -7,6 +7,7 @@
 #   gcc, libc6-dev     the sandbox suite builds its static workload (tests/progs/probe.c)
 #   busybox-static, bubblewrap, crun
 #                      the sandbox benchmark's rootfs and the peers it is measured against
+#   iproute2           `ip`, which creates a sandbox's veth pair (--net veth:...)
 # and, from PyPI, py-spiffe (`spiffe`), the Python SPIFFE Workload API client the identity
 # tests talk to, securesystemslib, the DSSE reference implementation, and in-toto-attestation,
 # the in-toto attestation framework's bindings (Statement v1, SLSA Provenance v1).
@@ -27,6 +28,7 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v crun >/dev/null 2>&1 || need+=(crun)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 fi
 
 if [ "${#need[@]}" -gt 0 ]; then

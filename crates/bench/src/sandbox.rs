@@ -110,6 +110,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             init_program: init.clone(),
             work_dir: ringfence_sandbox::run::default_work_dir(),
             cgroup_root: ringfence_sandbox::run::default_cgroup_root().to_owned(),
+            network: ringfence_sandbox::net::Network::None,
         })
     };
     let quiet: Arc<dyn Fn(&ringfence_sandbox::supervisor::Event) + Send + Sync> = Arc::new(|_| {});

@@ -71,6 +71,11 @@ pub struct RunArgs {
     /// Working directory inside the sandbox
     #[arg(long, default_value = "/")]
     cwd: String,
+    /// Network: `none` (loopback only) or `veth:ADDRESS/PREFIX` (a veth pair to the host; the
+    /// task's eth0 gets ADDRESS and a default route to the host end, which takes the subnet's
+    /// first other address)
+    #[arg(long, default_value = "none", value_name = "none|veth:ADDR/PREFIX")]
+    net: String,
     /// Host name inside the sandbox
     #[arg(long, default_value = "sandbox")]
     hostname: String,
@@ -131,6 +136,7 @@ fn run_sandbox(args: RunArgs, verbose: bool) -> anyhow::Result<u8> {
             anyhow::bail!("--env {e:?}: expected NAME=VALUE");
         }
     }
+    let network = ringfence_sandbox::net::parse(&args.net)?;
     let source = match (args.rootfs, args.image) {
         (Some(r), _) => Source::Rootfs(r),
         (None, Some(i)) => Source::Image(i),
@@ -149,6 +155,7 @@ fn run_sandbox(args: RunArgs, verbose: bool) -> anyhow::Result<u8> {
         init_program: init_program()?,
         work_dir: args.work_dir.unwrap_or_else(default_work_dir),
         cgroup_root: default_cgroup_root().to_owned(),
+        network,
     };
     let report: Arc<dyn Fn(&Event) + Send + Sync> = Arc::new(move |e: &Event| match e {
         Event::ExecRefused { .. } => eprintln!("ringfence sandbox: {e}"),

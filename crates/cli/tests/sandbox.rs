@@ -562,3 +562,66 @@ fn the_environment_is_only_what_was_given_and_the_host_name_is_the_sandboxs() {
         "{err}"
     );
 }
+
+#[test]
+fn without_a_veth_there_is_loopback_and_no_way_to_the_host() {
+    let r = rootfs();
+    let o = run_in(&r.root, &[], &["/bin/probe", "loopback"]);
+    let (out, err) = text(&o);
+    assert_eq!(out, "loopback works\n", "{err}");
+    // A listener on the host's loopback is not the sandbox's loopback.
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port().to_string();
+    let o = run_in(&r.root, &[], &["/bin/probe", "connect", "127.0.0.1", &port]);
+    assert_eq!(text(&o).0, "connect failed: ECONNREFUSED\n");
+    let o = run_in(
+        &r.root,
+        &[],
+        &["/bin/probe", "connect", "10.203.0.1", &port],
+    );
+    assert_eq!(text(&o).0, "connect failed: ENETUNREACH\n");
+}
+
+#[test]
+fn a_veth_sandbox_reaches_the_host_end_of_its_link() {
+    let r = rootfs();
+    // A subnet of its own per test process, so parallel runs never share one.
+    let n = std::process::id() % 16_000;
+    let (b, c) = (n / 64, (n % 64) * 4);
+    let task = format!("10.{}.{}.{}", 204 + b / 256, b % 256, c + 2);
+    let gateway = format!("10.{}.{}.{}", 204 + b / 256, b % 256, c + 1);
+    let host = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = host.local_addr().unwrap().port().to_string();
+    let reader = std::thread::spawn(move || {
+        let (mut s, peer) = host.accept().unwrap();
+        let mut line = String::new();
+        std::io::Read::read_to_string(&mut s, &mut line).unwrap();
+        (peer.ip().to_string(), line)
+    });
+    let net = format!("veth:{task}/30");
+    let o = run_in(
+        &r.root,
+        &["--net", &net],
+        &["/bin/probe", "connect", &gateway, &port],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(out, "connected\n", "{err}");
+    let (peer, line) = reader.join().unwrap();
+    assert_eq!(peer, task);
+    assert_eq!(line, "hello from the sandbox\n");
+    // The host end goes away with the sandbox.
+    let links = Command::new("ip").args(["-o", "addr"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&gateway));
+
+    let o = run_in(
+        &r.root,
+        &["--net", "veth:10.1.1.0/30"],
+        &["/bin/probe", "hello"],
+    );
+    let (_, err) = text(&o);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        err.contains("the address is the subnet's network or broadcast address"),
+        "{err}"
+    );
+}

@@ -44,6 +44,8 @@ pub struct InitConfig {
     pub tmp_size: u64,
     /// Open-file limit.
     pub nofile: u64,
+    /// Network inside.
+    pub network: crate::net::Network,
 }
 
 fn report(status: &mut File, line: &str) {
@@ -184,6 +186,7 @@ fn run_task(config: &InitConfig, status: &mut File) -> Result<Never, String> {
         ],
         status_fd: STATUS_FD,
         filter: profile.compile(),
+        network: config.network.clone(),
     };
     // Resolve the program and build exec's arguments before the filter exists.
     let program = resolve(&config.argv, &config.rootfs)?;

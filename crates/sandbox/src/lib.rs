@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod image;
 pub mod init;
 pub mod landlock;
+pub mod net;
 pub mod run;
 pub mod seccomp;
 pub mod setup;

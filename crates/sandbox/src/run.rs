@@ -53,6 +53,8 @@ pub struct Config {
     pub work_dir: PathBuf,
     /// The cgroup filesystem root.
     pub cgroup_root: PathBuf,
+    /// Network: loopback only, or a veth pair to the host.
+    pub network: crate::net::Network,
 }
 
 /// Why a sandbox could not run.
@@ -320,6 +322,10 @@ pub fn start(
         if let Some(cg) = &running.cgroup {
             cg.add(pid)?;
         }
+        if let crate::net::Network::Veth(v) = &cfg.network {
+            crate::net::create_veth(&crate::net::host_if_name(&id), pid, v)
+                .map_err(|e| SandboxError::Start(format!("network: {e}")))?;
+        }
         let mut env = vec![
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
             "HOME=/".to_owned(),
@@ -334,6 +340,7 @@ pub fn start(
             profile: cfg.profile.name.to_owned(),
             tmp_size: 64 << 20,
             nofile: nofile_limit(),
+            network: cfg.network.clone(),
         };
         let text = serde_json::to_vec(&init).map_err(|e| SandboxError::Start(e.to_string()))?;
         let mut w = std::fs::File::from(cfg_w);

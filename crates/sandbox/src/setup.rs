@@ -31,6 +31,8 @@ pub struct Plan {
     pub status_fd: RawFd,
     /// The compiled seccomp program.
     pub filter: Vec<SockFilter>,
+    /// The network inside.
+    pub network: crate::net::Network,
 }
 
 /// What the setup achieved.
@@ -118,6 +120,7 @@ pub fn enter(sys: &dyn Syscall, plan: &Plan) -> Result<Entered, SysError> {
     )?;
 
     sys.sethostname(&plan.hostname)?;
+    sys.configure_network(&plan.network)?;
     for (res, soft, hard) in &plan.rlimits {
         sys.setrlimit(*res, *soft, *hard)?;
     }
@@ -151,6 +154,7 @@ mod tests {
             rlimits: vec![(libc::RLIMIT_CORE, 0, 0)],
             status_fd: 4,
             filter: Profile::strict().compile(),
+            network: crate::net::Network::None,
         }
     }
 

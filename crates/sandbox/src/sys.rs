@@ -81,6 +81,8 @@ pub trait Syscall {
     fn close_fds_from(&self, from: RawFd, keep: RawFd) -> Result<(), SysError>;
     /// Installs the filter with a user-notification listener; returns the listener fd.
     fn seccomp_with_listener(&self, prog: &[SockFilter]) -> Result<RawFd, SysError>;
+    /// Brings loopback up and configures the veth end, if any.
+    fn configure_network(&self, net: &crate::net::Network) -> Result<(), SysError>;
 }
 
 fn errno() -> i32 {
@@ -116,6 +118,13 @@ fn cstr(s: &str, op: &str) -> Result<CString, SysError> {
 pub struct LinuxSyscall;
 
 impl Syscall for LinuxSyscall {
+    fn configure_network(&self, net: &crate::net::Network) -> Result<(), SysError> {
+        crate::net::configure(net).map_err(|e| SysError {
+            op: format!("network: {e}"),
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        })
+    }
+
     fn mount(
         &self,
         source: Option<&str>,
@@ -442,6 +451,8 @@ pub enum Call {
     CloseFds(RawFd, RawFd),
     /// Seccomp installed with this many instructions.
     Seccomp(usize),
+    /// Network configured.
+    Network(crate::net::Network),
 }
 
 /// Records every call; fails the call whose index is `fail_at`, if any.
@@ -475,6 +486,9 @@ impl RecordingSyscall {
 }
 
 impl Syscall for RecordingSyscall {
+    fn configure_network(&self, net: &crate::net::Network) -> Result<(), SysError> {
+        self.record(Call::Network(net.clone()))
+    }
     fn mount(
         &self,
         source: Option<&str>,

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <netinet/in.h>
+#include <arpa/inet.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
@@ -38,6 +39,8 @@ static const char *ename(int e) {
     case EBADF: return "EBADF";
     case EINVAL: return "EINVAL";
     case ELOOP: return "ELOOP";
+    case ENETUNREACH: return "ENETUNREACH";
+    case ECONNREFUSED: return "ECONNREFUSED";
     case ENOMEM: return "ENOMEM";
     default: return strerror(e);
     }
@@ -195,6 +198,38 @@ int main(int argc, char **argv) {
             total += 1 << 20;
             if (total >= (size_t)4 << 30) { printf("ESCAPED: %zu MiB\n", total >> 20); return 1; }
         }
+    } else if (!strcmp(t, "connect")) {
+        /* probe connect IP PORT: one TCP connection, one line sent. */
+        if (argc < 4) return 2;
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {0};
+        a.sin_family = AF_INET;
+        a.sin_port = htons((unsigned short)atoi(argv[3]));
+        inet_pton(AF_INET, argv[2], &a.sin_addr);
+        if (connect(s, (struct sockaddr *)&a, sizeof a) < 0) {
+            printf("connect failed: %s\n", ename(errno));
+            return 3;
+        }
+        const char *msg = "hello from the sandbox\n";
+        write(s, msg, strlen(msg));
+        printf("connected\n");
+    } else if (!strcmp(t, "loopback")) {
+        int l = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {0};
+        socklen_t len = sizeof a;
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (bind(l, (struct sockaddr *)&a, sizeof a) < 0 || listen(l, 1) < 0 ||
+            getsockname(l, (struct sockaddr *)&a, &len) < 0) {
+            printf("loopback failed: %s\n", ename(errno));
+            return 3;
+        }
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(c, (struct sockaddr *)&a, sizeof a) < 0) {
+            printf("loopback failed: %s\n", ename(errno));
+            return 3;
+        }
+        printf("loopback works\n");
     } else if (!strcmp(t, "sleep")) {
         /* argv[3] is a marker the test looks for in /proc to find us. */
         sleep(argc > 2 ? (unsigned)atoi(argv[2]) : 30);
