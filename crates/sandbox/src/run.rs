@@ -311,7 +311,11 @@ pub fn start(
         landlock: String::new(),
         supervisor: None,
     };
-    let setup = (|| -> Result<(), SandboxError> {
+    let cgroup = running.cgroup.take();
+    let setup = std::thread::scope(|scope| -> Result<(), SandboxError> {
+        // Moving a process into a cgroup waits for an RCU grace period (milliseconds): start it
+        // now, while the init starts, and wait for it only before the task can be forked.
+        let mut attach = cgroup.as_ref().map(|cg| scope.spawn(move || cg.add(pid)));
         running.expect_line("unshared")?;
         let write = |file: &str, text: String| {
             std::fs::write(format!("/proc/{pid}/{file}"), text)
@@ -319,12 +323,14 @@ pub fn start(
         };
         write("uid_map", format!("0 {} 1\n", cfg.host_uid))?;
         write("gid_map", format!("0 {} 1\n", cfg.host_gid))?;
-        if let Some(cg) = &running.cgroup {
-            cg.add(pid)?;
-        }
         if let crate::net::Network::Veth(v) = &cfg.network {
             crate::net::create_veth(&crate::net::host_if_name(&id), pid, v)
                 .map_err(|e| SandboxError::Start(format!("network: {e}")))?;
+        }
+        if let Some(handle) = attach.take() {
+            handle
+                .join()
+                .map_err(|_| SandboxError::Start("the cgroup thread panicked".into()))??;
         }
         let mut env = vec![
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
@@ -348,7 +354,8 @@ pub fn start(
             .map_err(|e| SandboxError::Start(format!("sending the configuration: {e}")))?;
         drop(w);
         running.await_listener()
-    })();
+    });
+    running.cgroup = cgroup;
     if let Err(e) = setup {
         let _ = running.child.kill();
         let _ = running.child.wait();
