@@ -97,8 +97,9 @@ pub fn unpack(layout: &Path, dest: &Path) -> Result<Sha256, ImageError> {
 
 /// Applies one tar layer onto `dest`: whiteouts delete, everything else is unpacked with the
 /// archive's permissions (setuid bits included: the sandbox neutralises them), owned by the
-/// unpacking user. Paths that climb out of `dest` are refused by the tar reader.
-fn apply_layer(reader: impl Read, dest: &Path) -> Result<(), String> {
+/// unpacking user. Paths that climb out of `dest`, directly or through a symlink the layer
+/// planted, are refused. (Public for the fuzz target.)
+pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<(), String> {
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(false);
