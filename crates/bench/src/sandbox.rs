@@ -214,7 +214,12 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             })
             .collect()
     };
-    eprintln!("getppid cost ({ROUNDS} rounds)...");
+    // Every loop on one core, so the runners never differ by where the scheduler put them.
+    let _ = Command::new("taskset")
+        .args(["-p", "-c", "1", &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status();
+    eprintln!("getppid cost ({ROUNDS} rounds, pinned to cpu 1)...");
     let getppid = loops(
         &["/bin/probe", "getppid", "3000000"],
         Some((
@@ -345,7 +350,7 @@ fn ns_per_op(mut c: Command) -> anyhow::Result<f64> {
         })
 }
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 
 fn subst<'a>(args: &[&'a str], tmp: &'a str) -> Vec<&'a str> {
     args.iter()

@@ -625,3 +625,29 @@ fn a_veth_sandbox_reaches_the_host_end_of_its_link() {
         "{err}"
     );
 }
+
+/// bubblewrap CVE-2017-5226 class: a sandboxed program pushing input into the terminal it was
+/// started from. The task runs in a session of its own, without a controlling terminal.
+#[test]
+fn the_task_cannot_push_input_into_the_callers_terminal() {
+    let r = rootfs();
+    let cmd = format!(
+        "{} sandbox run --rootfs {} -- /bin/probe tiocsti",
+        env!("CARGO_BIN_EXE_ringfence"),
+        r.root.display()
+    );
+    // `script` gives the command a pseudo-terminal as its controlling terminal.
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("script (bsdutils)");
+    let out = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    assert!(out.contains("stdin is a tty: yes"), "{out}");
+    assert!(out.contains("refused: TIOCSTI on stdin EPERM"), "{out}");
+    assert!(
+        out.contains("refused: TIOCSTI on /dev/tty")
+            || out.contains("refused: open /dev/tty ENXIO"),
+        "{out}"
+    );
+    assert!(!out.contains("ESCAPED"), "{out}");
+}

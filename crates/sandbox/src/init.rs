@@ -187,6 +187,7 @@ fn run_task(config: &InitConfig, status: &mut File) -> Result<Never, String> {
         status_fd: STATUS_FD,
         filter: profile.compile(),
         network: config.network.clone(),
+        landlock_writes: profile.landlock_writes,
     };
     // Resolve the program and build exec's arguments before the filter exists.
     let program = resolve(&config.argv, &config.rootfs)?;

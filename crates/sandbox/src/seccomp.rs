@@ -123,6 +123,8 @@ pub struct Profile {
     pub name: &'static str,
     /// One line on what it is for.
     pub summary: &'static str,
+    /// Whether landlock also confines writes to the writable paths (see `landlock`).
+    pub landlock_writes: bool,
     rules: BTreeMap<u32, (&'static str, Action)>,
 }
 
@@ -448,6 +450,7 @@ impl Profile {
         Profile {
             name,
             summary,
+            landlock_writes: name == "strict",
             rules,
         }
     }

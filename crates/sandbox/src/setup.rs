@@ -33,6 +33,8 @@ pub struct Plan {
     pub filter: Vec<SockFilter>,
     /// The network inside.
     pub network: crate::net::Network,
+    /// Whether landlock also confines writes (the strict profile).
+    pub landlock_writes: bool,
 }
 
 /// What the setup achieved.
@@ -119,6 +121,7 @@ pub fn enter(sys: &dyn Syscall, plan: &Plan) -> Result<Entered, SysError> {
         None,
     )?;
 
+    sys.new_session()?;
     sys.sethostname(&plan.hostname)?;
     sys.configure_network(&plan.network)?;
     for (res, soft, hard) in &plan.rlimits {
@@ -132,7 +135,7 @@ pub fn enter(sys: &dyn Syscall, plan: &Plan) -> Result<Entered, SysError> {
             .filter(|d| !matches!(**d, "random" | "urandom"))
             .map(|d| PathBuf::from(format!("/dev/{d}"))),
     );
-    let landlock = sys.landlock(&writable)?;
+    let landlock = sys.landlock(&writable, plan.landlock_writes)?;
     sys.lock_securebits()?;
     sys.drop_capabilities()?;
     sys.no_new_privs()?;
@@ -155,6 +158,7 @@ mod tests {
             status_fd: 4,
             filter: Profile::strict().compile(),
             network: crate::net::Network::None,
+            landlock_writes: true,
         }
     }
 
@@ -173,13 +177,15 @@ mod tests {
         let caps = position(&calls, |c| matches!(c, Call::DropCaps));
         let nnp = position(&calls, |c| matches!(c, Call::NoNewPrivs));
         let close = position(&calls, |c| matches!(c, Call::CloseFds(3, 4)));
-        let landlock = position(&calls, |c| matches!(c, Call::Landlock(_)));
+        let landlock = position(&calls, |c| matches!(c, Call::Landlock(_, true)));
+        let session = position(&calls, |c| matches!(c, Call::NewSession));
         let last_mount = calls
             .iter()
             .rposition(|c| matches!(c, Call::Mount { .. }))
             .unwrap_or(usize::MAX);
         assert!(pivot < detach && detach < last_mount, "{calls:#?}");
         assert!(last_mount < close && close < landlock && landlock < caps && caps < nnp);
+        assert!(session < caps);
         assert!(matches!(calls.last(), Some(Call::Seccomp(n)) if *n > 10));
     }
 

@@ -64,6 +64,9 @@ pub trait Syscall {
     fn symlink(&self, target: &str, link: &Path) -> Result<(), SysError>;
     /// `sethostname(2)`.
     fn sethostname(&self, name: &str) -> Result<(), SysError>;
+    /// `setsid(2)`: a session of its own, without the caller's controlling terminal (so
+    /// `TIOCSTI` cannot push input into it).
+    fn new_session(&self) -> Result<(), SysError>;
     /// `setrlimit(2)`.
     fn setrlimit(&self, resource: u32, soft: u64, hard: u64) -> Result<(), SysError>;
     /// `setgroups(0)`, `setresgid(0,0,0)`, `setresuid(0,0,0)`.
@@ -72,7 +75,7 @@ pub trait Syscall {
     fn lock_securebits(&self) -> Result<(), SysError>;
     /// Applies a landlock ruleset: read and execute everywhere under `/`, read and write only
     /// under `writable`. Returns whether the kernel enforces it fully, partly or not at all.
-    fn landlock(&self, writable: &[PathBuf]) -> Result<String, SysError>;
+    fn landlock(&self, writable: &[PathBuf], writes: bool) -> Result<String, SysError>;
     /// Drops every capability: bounding set, ambient, effective, permitted, inheritable.
     fn drop_capabilities(&self) -> Result<(), SysError>;
     /// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
@@ -232,6 +235,14 @@ impl Syscall for LinuxSyscall {
         })
     }
 
+    fn new_session(&self) -> Result<(), SysError> {
+        // SAFETY: no arguments.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(fail("setsid"));
+        }
+        Ok(())
+    }
+
     fn sethostname(&self, name: &str) -> Result<(), SysError> {
         // SAFETY: the pointer and length describe `name`'s bytes.
         let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
@@ -285,8 +296,8 @@ impl Syscall for LinuxSyscall {
         }
     }
 
-    fn landlock(&self, writable: &[PathBuf]) -> Result<String, SysError> {
-        crate::landlock::restrict(writable).map_err(|e| SysError {
+    fn landlock(&self, writable: &[PathBuf], writes: bool) -> Result<String, SysError> {
+        crate::landlock::restrict(writable, writes).map_err(|e| SysError {
             op: format!("landlock: {e}"),
             errno: libc::EPERM,
         })
@@ -435,14 +446,16 @@ pub enum Call {
     Symlink(String, PathBuf),
     /// `sethostname`.
     Hostname(String),
+    /// `setsid`.
+    NewSession,
     /// `setrlimit`.
     Rlimit(u32, u64, u64),
     /// uid/gid 0 in the namespace, no groups.
     BecomeNsRoot,
     /// Securebits locked.
     Securebits,
-    /// Landlock with these writable paths.
-    Landlock(Vec<PathBuf>),
+    /// Landlock with these writable paths, restricting writes or not.
+    Landlock(Vec<PathBuf>, bool),
     /// Capabilities dropped.
     DropCaps,
     /// No new privileges.
@@ -526,6 +539,9 @@ impl Syscall for RecordingSyscall {
     fn sethostname(&self, name: &str) -> Result<(), SysError> {
         self.record(Call::Hostname(name.to_owned()))
     }
+    fn new_session(&self) -> Result<(), SysError> {
+        self.record(Call::NewSession)
+    }
     fn setrlimit(&self, resource: u32, soft: u64, hard: u64) -> Result<(), SysError> {
         self.record(Call::Rlimit(resource, soft, hard))
     }
@@ -535,8 +551,8 @@ impl Syscall for RecordingSyscall {
     fn lock_securebits(&self) -> Result<(), SysError> {
         self.record(Call::Securebits)
     }
-    fn landlock(&self, writable: &[PathBuf]) -> Result<String, SysError> {
-        self.record(Call::Landlock(writable.to_vec()))
+    fn landlock(&self, writable: &[PathBuf], writes: bool) -> Result<String, SysError> {
+        self.record(Call::Landlock(writable.to_vec(), writes))
             .map(|()| "recorded".into())
     }
     fn drop_capabilities(&self) -> Result<(), SysError> {

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
+#include <termios.h>
 #include <sys/mount.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
@@ -40,6 +42,9 @@ static const char *ename(int e) {
     case EINVAL: return "EINVAL";
     case ELOOP: return "ELOOP";
     case ENETUNREACH: return "ENETUNREACH";
+    case ENXIO: return "ENXIO";
+    case EIO: return "EIO";
+    case ENOTTY: return "ENOTTY";
     case ECONNREFUSED: return "ECONNREFUSED";
     case ENOMEM: return "ENOMEM";
     default: return strerror(e);
@@ -230,6 +235,14 @@ int main(int argc, char **argv) {
             return 3;
         }
         printf("loopback works\n");
+    } else if (!strcmp(t, "tiocsti")) {
+        /* Push a character into the terminal's input (bubblewrap CVE-2017-5226 class). */
+        char c = '#';
+        printf("stdin is a tty: %s\n", isatty(0) ? "yes" : "no");
+        expect_refused("TIOCSTI on stdin", ioctl(0, TIOCSTI, &c));
+        int fd = open("/dev/tty", O_RDWR);
+        if (fd >= 0) expect_refused("TIOCSTI on /dev/tty", ioctl(fd, TIOCSTI, &c));
+        else printf("refused: open /dev/tty %s\n", ename(errno));
     } else if (!strcmp(t, "sleep")) {
         /* argv[3] is a marker the test looks for in /proc to find us. */
         sleep(argc > 2 ? (unsigned)atoi(argv[2]) : 30);
