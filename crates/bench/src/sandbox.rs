@@ -111,6 +111,9 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             work_dir: ringfence_sandbox::run::default_work_dir(),
             cgroup_root: ringfence_sandbox::run::default_cgroup_root().to_owned(),
             network: ringfence_sandbox::net::Network::None,
+            volumes: vec![],
+            stdout: None,
+            stderr: None,
         })
     };
     let quiet: Arc<dyn Fn(&ringfence_sandbox::supervisor::Event) + Send + Sync> = Arc::new(|_| {});

@@ -76,6 +76,10 @@ pub struct RunArgs {
     /// first other address)
     #[arg(long, default_value = "none", value_name = "none|veth:ADDR/PREFIX")]
     net: String,
+    /// A host directory bound inside, `HOST:INSIDE[:ro]` (repeatable); never executable,
+    /// setuid or device-bearing inside
+    #[arg(long = "volume", value_name = "HOST:INSIDE[:ro]")]
+    volumes: Vec<String>,
     /// Host name inside the sandbox
     #[arg(long, default_value = "sandbox")]
     hostname: String,
@@ -156,6 +160,13 @@ fn run_sandbox(args: RunArgs, verbose: bool) -> anyhow::Result<u8> {
         work_dir: args.work_dir.unwrap_or_else(default_work_dir),
         cgroup_root: default_cgroup_root().to_owned(),
         network,
+        volumes: args
+            .volumes
+            .iter()
+            .map(|v| ringfence_sandbox::setup::Volume::parse(v))
+            .collect::<Result<_, _>>()?,
+        stdout: None,
+        stderr: None,
     };
     let report: Arc<dyn Fn(&Event) + Send + Sync> = Arc::new(move |e: &Event| match e {
         Event::ExecRefused { .. } => eprintln!("ringfence sandbox: {e}"),

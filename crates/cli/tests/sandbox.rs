@@ -651,3 +651,61 @@ fn the_task_cannot_push_input_into_the_callers_terminal() {
     );
     assert!(!out.contains("ESCAPED"), "{out}");
 }
+
+#[test]
+fn a_volume_is_writable_but_never_executable_and_ro_means_read_only() {
+    let r = rootfs();
+    let data = r.root.parent().unwrap().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // The task's root is host uid 100000: give it the directory, as the agent will.
+    let chown = Command::new("chown")
+        .args(["100000:100000"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let vol = format!("{}:/data", data.display());
+    let o = run_in(
+        &r.root,
+        &["--volume", &vol],
+        &["/bin/probe", "write-file", "/data/out"],
+    );
+    assert_eq!(text(&o).0, "written\n", "{}", text(&o).1);
+    assert_eq!(
+        std::fs::read_to_string(data.join("out")).unwrap(),
+        "written inside\n"
+    );
+
+    let o = run_in(
+        &r.root,
+        &["--volume", &vol],
+        &["/bin/probe", "copy-and-exec", "/data/p"],
+    );
+    assert_all_refused(&o, &["refused: execve of a copy on the volume EACCES"]);
+    assert!(
+        text(&o)
+            .1
+            .contains("drift: refused exec of /data/p (sha256:"),
+        "{}",
+        text(&o).1
+    );
+
+    let ro = format!("{}:/data:ro", data.display());
+    let o = run_in(
+        &r.root,
+        &["--volume", &ro],
+        &["/bin/probe", "write-file", "/data/again"],
+    );
+    assert_eq!(text(&o).0, "write failed: EROFS\n");
+
+    // A rootfs whose mount point is a symlink out of it is refused.
+    std::os::unix::fs::symlink("/etc", r.root.join("etcdata")).unwrap();
+    let bad = format!("{}:/etcdata", data.display());
+    let o = run_in(&r.root, &["--volume", &bad], &["/bin/probe", "hello"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        text(&o).1.contains("cannot be a volume's mount point"),
+        "{}",
+        text(&o).1
+    );
+}

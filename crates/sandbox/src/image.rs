@@ -207,6 +207,27 @@ pub fn prepare_rootfs(rootfs: &Path) -> Result<PathBuf, ImageError> {
     Ok(root)
 }
 
+/// Makes sure `inside` (an absolute, normalized path) exists as a directory in the rootfs
+/// without following a symlink anywhere on the way: a rootfs could otherwise point a volume's
+/// mount point outside itself.
+pub fn volume_target(rootfs: &Path, inside: &str) -> Result<PathBuf, ImageError> {
+    let mut p = rootfs.to_owned();
+    for part in inside.split('/').filter(|c| !c.is_empty()) {
+        p.push(part);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(ImageError::Rootfs(format!(
+                    "{} is not a directory (a symlink or a file) and cannot be a volume's mount point",
+                    p.display()
+                )));
+            }
+            Err(_) => std::fs::create_dir(&p).map_err(io(&p))?,
+        }
+    }
+    Ok(p)
+}
+
 /// One executable of the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Executable {

@@ -46,6 +46,8 @@ pub struct InitConfig {
     pub nofile: u64,
     /// Network inside.
     pub network: crate::net::Network,
+    /// Host directories bound inside.
+    pub volumes: Vec<crate::setup::Volume>,
 }
 
 fn report(status: &mut File, line: &str) {
@@ -188,6 +190,7 @@ fn run_task(config: &InitConfig, status: &mut File) -> Result<Never, String> {
         filter: profile.compile(),
         network: config.network.clone(),
         landlock_writes: profile.landlock_writes,
+        volumes: config.volumes.clone(),
     };
     // Resolve the program and build exec's arguments before the filter exists.
     let program = resolve(&config.argv, &config.rootfs)?;

@@ -55,6 +55,12 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// Network: loopback only, or a veth pair to the host.
     pub network: crate::net::Network,
+    /// Host directories bound inside (never executable).
+    pub volumes: Vec<crate::setup::Volume>,
+    /// Files the task's stdout and stderr are appended to (inherited when `None`).
+    pub stdout: Option<PathBuf>,
+    /// See `stdout`.
+    pub stderr: Option<PathBuf>,
 }
 
 /// Why a sandbox could not run.
@@ -257,6 +263,21 @@ pub fn start(
             .unwrap_or(0)
     );
     let prepared = prepare(cfg, &id)?;
+    let mut volumes = Vec::with_capacity(cfg.volumes.len());
+    for v in &cfg.volumes {
+        v.check()
+            .map_err(|why| SandboxError::Start(format!("volume {}: {why}", v.inside)))?;
+        let host = std::fs::canonicalize(&v.host)
+            .map_err(|e| SandboxError::Start(format!("volume {}: {e}", v.host.display())))?;
+        if !host.is_dir() {
+            return Err(SandboxError::Start(format!(
+                "volume {}: not a directory",
+                host.display()
+            )));
+        }
+        crate::image::volume_target(&prepared.rootfs, &v.inside)?;
+        volumes.push(crate::setup::Volume { host, ..v.clone() });
+    }
     // Limits are opt-in: moving a process into a cgroup costs an RCU grace period on most
     // kernels (milliseconds), so a sandbox without limits has no cgroup of its own.
     let cgroup = if cfg.limits == Limits::default() {
@@ -274,6 +295,19 @@ pub fn start(
     let mut cmd = Command::new(&cfg.init_program);
     cmd.arg(INIT_ARG);
     cmd.env_clear();
+    let append = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| SandboxError::Start(format!("log file {}: {e}", p.display())))
+    };
+    if let Some(p) = &cfg.stdout {
+        cmd.stdout(append(p)?);
+    }
+    if let Some(p) = &cfg.stderr {
+        cmd.stderr(append(p)?);
+    }
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
     // syscalls (fcntl, dup2, prctl) on integers captured by value.
     unsafe {
@@ -347,6 +381,7 @@ pub fn start(
             tmp_size: 64 << 20,
             nofile: nofile_limit(),
             network: cfg.network.clone(),
+            volumes: volumes.clone(),
         };
         let text = serde_json::to_vec(&init).map_err(|e| SandboxError::Start(e.to_string()))?;
         let mut w = std::fs::File::from(cfg_w);

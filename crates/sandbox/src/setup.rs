@@ -35,6 +35,76 @@ pub struct Plan {
     pub network: crate::net::Network,
     /// Whether landlock also confines writes (the strict profile).
     pub landlock_writes: bool,
+    /// Host directories bound into the sandbox.
+    pub volumes: Vec<Volume>,
+}
+
+/// A host directory bound into the sandbox: never executable, never setuid, never devices.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// The host directory.
+    pub host: PathBuf,
+    /// Where it appears inside (absolute, normalized, not `/`, `/proc`, `/dev` or `/tmp`).
+    pub inside: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Why a volume is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("volume {spec:?}: {why}")]
+pub struct VolumeError {
+    spec: String,
+    why: String,
+}
+
+impl Volume {
+    /// Parses `HOST:INSIDE[:ro]`.
+    pub fn parse(spec: &str) -> Result<Volume, VolumeError> {
+        let err = |why: &str| VolumeError {
+            spec: spec.to_owned(),
+            why: why.to_owned(),
+        };
+        let mut parts = spec.split(':');
+        let (Some(host), Some(inside)) = (parts.next(), parts.next()) else {
+            return Err(err("expected HOST:INSIDE or HOST:INSIDE:ro"));
+        };
+        let read_only = match parts.next() {
+            None => false,
+            Some("ro") => true,
+            Some(_) => return Err(err("the only option is ro")),
+        };
+        if parts.next().is_some() || host.is_empty() {
+            return Err(err("expected HOST:INSIDE or HOST:INSIDE:ro"));
+        }
+        let v = Volume {
+            host: PathBuf::from(host),
+            inside: inside.to_owned(),
+            read_only,
+        };
+        v.check().map_err(|why| err(&why))?;
+        Ok(v)
+    }
+
+    /// Checks the inside path.
+    pub fn check(&self) -> Result<(), String> {
+        let p = self.inside.as_str();
+        if !p.starts_with('/') {
+            return Err("the inside path must be absolute".into());
+        }
+        if p == "/" {
+            return Err("cannot cover /, /proc, /dev or /tmp".into());
+        }
+        if p.split('/').any(|c| c == ".." || c == ".") || p.contains("//") || p.ends_with('/') {
+            return Err("the inside path must be normalized (no ., .., // or trailing /)".into());
+        }
+        let top = p.split('/').nth(1).unwrap_or_default();
+        if p == "/" || matches!(top, "proc" | "dev" | "tmp") {
+            return Err("cannot cover /, /proc, /dev or /tmp".into());
+        }
+        Ok(())
+    }
 }
 
 /// What the setup achieved.
@@ -108,6 +178,25 @@ pub fn enter(sys: &dyn Syscall, plan: &Plan) -> Result<Entered, SysError> {
         None,
     )?;
 
+    for v in &plan.volumes {
+        let target = under(root, &v.inside);
+        sys.mount(
+            Some(&v.host.to_string_lossy()),
+            &target,
+            None,
+            ms::BIND | ms::REC,
+            None,
+        )?;
+        let ro = if v.read_only { ms::RDONLY } else { 0 };
+        sys.mount(
+            None,
+            &target,
+            None,
+            ms::REMOUNT | ms::BIND | ms::NOSUID | ms::NODEV | ms::NOEXEC | ro,
+            None,
+        )?;
+    }
+
     sys.pivot_root_here(root)?;
     sys.umount_detach(Path::new("."))?;
     sys.chdir(Path::new("/"))?;
@@ -135,6 +224,12 @@ pub fn enter(sys: &dyn Syscall, plan: &Plan) -> Result<Entered, SysError> {
             .filter(|d| !matches!(**d, "random" | "urandom"))
             .map(|d| PathBuf::from(format!("/dev/{d}"))),
     );
+    writable.extend(
+        plan.volumes
+            .iter()
+            .filter(|v| !v.read_only)
+            .map(|v| PathBuf::from(&v.inside)),
+    );
     let landlock = sys.landlock(&writable, plan.landlock_writes)?;
     sys.lock_securebits()?;
     sys.drop_capabilities()?;
@@ -159,6 +254,11 @@ mod tests {
             filter: Profile::strict().compile(),
             network: crate::net::Network::None,
             landlock_writes: true,
+            volumes: vec![Volume {
+                host: PathBuf::from("/srv/data"),
+                inside: "/data".into(),
+                read_only: false,
+            }],
         }
     }
 
@@ -228,6 +328,48 @@ mod tests {
                 assert_ne!(flags & ms::NOSUID, 0, "{target:?}");
             }
         }
+    }
+
+    #[test]
+    fn volumes_are_bound_before_pivoting_and_never_executable() {
+        let sys = RecordingSyscall::default();
+        enter(&sys, &plan()).unwrap_or_else(|e| unreachable!("{e}"));
+        let calls = sys.calls();
+        let target = PathBuf::from("/var/lib/ringfence/rootfs/data");
+        let remount = calls.iter().position(|c| {
+            matches!(c, Call::Mount { target: t, flags, .. }
+                if *t == target && flags & ms::REMOUNT != 0
+                    && flags & ms::NOEXEC != 0 && flags & ms::NOSUID != 0 && flags & ms::NODEV != 0)
+        });
+        let pivot = position(&calls, |c| matches!(c, Call::PivotRoot(_)));
+        assert!(remount.is_some_and(|r| r < pivot), "{calls:#?}");
+        assert!(
+            calls.iter().any(
+                |c| matches!(c, Call::Landlock(w, true) if w.contains(&PathBuf::from("/data")))
+            )
+        );
+    }
+
+    #[test]
+    fn volume_specs_are_checked() {
+        assert!(Volume::parse("/srv/x:/data").is_ok_and(|v| !v.read_only));
+        assert!(Volume::parse("/srv/x:/data:ro").is_ok_and(|v| v.read_only));
+        let e = |s| {
+            Volume::parse(s)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            e("/srv/x:data"),
+            "volume \"/srv/x:data\": the inside path must be absolute"
+        );
+        assert!(e("/srv/x:/a/../etc").contains("normalized"));
+        assert!(e("/srv/x:/").contains("cannot cover"));
+        assert!(e("/srv/x:/proc/sys").contains("cannot cover"));
+        assert!(e("/srv/x:/tmp").contains("cannot cover"));
+        assert!(e("/srv/x:/data:rw").contains("the only option is ro"));
+        assert!(e("/srv/x").contains("expected HOST:INSIDE"));
     }
 
     #[test]

@@ -243,6 +243,22 @@ int main(int argc, char **argv) {
         int fd = open("/dev/tty", O_RDWR);
         if (fd >= 0) expect_refused("TIOCSTI on /dev/tty", ioctl(fd, TIOCSTI, &c));
         else printf("refused: open /dev/tty %s\n", ename(errno));
+    } else if (!strcmp(t, "write-file")) {
+        /* probe write-file PATH: create PATH with one line. */
+        if (argc < 3) return 2;
+        int fd = open(argv[2], O_CREAT | O_WRONLY | O_TRUNC, 0644);
+        if (fd < 0 || write(fd, "written inside\n", 15) != 15) {
+            printf("write failed: %s\n", ename(errno));
+            return 3;
+        }
+        printf("written\n");
+    } else if (!strcmp(t, "copy-and-exec")) {
+        /* probe copy-and-exec PATH: put a copy of itself (one byte longer) at PATH, run it. */
+        if (argc < 3) return 2;
+        int fd = copy_self(argv[2], 1);
+        if (fd < 0) { printf("setup failed: %s\n", ename(errno)); return 2; }
+        close(fd);
+        expect_refused("execve of a copy on the volume", execve(argv[2], child_argv, envp));
     } else if (!strcmp(t, "sleep")) {
         /* argv[3] is a marker the test looks for in /proc to find us. */
         sleep(argc > 2 ? (unsigned)atoi(argv[2]) : 30);
