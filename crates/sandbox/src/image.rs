@@ -92,7 +92,30 @@ pub fn unpack(layout: &Path, dest: &Path) -> Result<Sha256, ImageError> {
             why,
         })?;
     }
+    strip_setid_bits(dest).map_err(io(dest))?;
     Ok(image.digest.clone())
+}
+
+/// Clears setuid and setgid bits in an unpacked image: inside the sandbox they mean nothing
+/// (`nosuid`), and on the host a setuid-root copy must never exist.
+fn strip_setid_bits(root: &Path) -> std::io::Result<()> {
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let m = std::fs::symlink_metadata(&path)?;
+            if m.is_dir() {
+                stack.push(path.clone());
+            }
+            if !m.file_type().is_symlink() && m.mode() & 0o6000 != 0 {
+                std::fs::set_permissions(
+                    &path,
+                    std::fs::Permissions::from_mode(m.mode() & 0o1777),
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Applies one tar layer onto `dest`: whiteouts delete, everything else is unpacked with the
@@ -123,7 +146,17 @@ pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<(), String> {
                 .components()
                 .filter(|c| matches!(c, Component::Normal(_)))
                 .collect();
-            let parent = dest.join(rel.parent().unwrap_or(Path::new("")));
+            let parent_rel = rel.parent().unwrap_or(Path::new(""));
+            // A whiteout may only remove what lies inside `dest`: a directory on the way that
+            // an earlier entry made a symlink (`x -> /etc`, then `x/.wh..opq`) would point the
+            // removal at the host.
+            if !no_symlink_on_the_way(dest, parent_rel) || hidden.contains('/') {
+                return Err(format!(
+                    "whiteout {} goes through a symlink out of the image",
+                    path.display()
+                ));
+            }
+            let parent = dest.join(parent_rel);
             if hidden == ".wh..opq" {
                 if let Ok(rd) = std::fs::read_dir(&parent) {
                     for e in rd.flatten() {
@@ -143,6 +176,25 @@ pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// True when every directory from `dest` down to `dest/rel` exists as a real directory (or
+/// does not exist yet), never a symlink.
+fn no_symlink_on_the_way(dest: &Path, rel: &Path) -> bool {
+    let mut p = dest.to_owned();
+    for c in rel.components() {
+        let Component::Normal(part) = c else {
+            return false;
+        };
+        p.push(part);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => return false,
+            Ok(m) if !m.is_dir() => return false,
+            Ok(_) => {}
+            Err(_) => return true,
+        }
+    }
+    true
 }
 
 fn remove(p: &Path) {
@@ -413,6 +465,7 @@ impl ExecIndex {
         if let Some(e) = self.by_inode.get(&(meta.dev(), meta.ino()))
             && e.size == meta.size()
             && e.mtime_ns == mtime_ns(&meta)
+            && e.ctime_ns == ctime_ns(&meta)
         {
             return Ok(e.path.clone());
         }
@@ -546,10 +599,11 @@ mod tests {
             Some(b"one".to_vec())
         );
         assert!(!dest.join("etc/old").exists());
+        // Setuid bits never reach the host copy.
         let mode = std::fs::metadata(dest.join("bin/tool2"))
             .map(|m| m.mode())
             .unwrap_or(0);
-        assert_eq!(mode & 0o7777, 0o4755);
+        assert_eq!(mode & 0o7777, 0o755);
 
         let evil = t.path().join("evil");
         let bad = oci::tar(&[("../../escaped", 0o644, b"x")]);
@@ -561,6 +615,41 @@ mod tests {
             .unwrap_or_default();
         assert!(err.contains("climbs out of the image"), "{err}");
         assert!(!t.path().join("escaped").exists());
+    }
+
+    /// `x -> <outside>` then `x/.wh..opq` or `x/.wh.victim` must not touch the outside.
+    #[test]
+    fn whiteouts_never_follow_a_symlink_out_of_the_image() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).ok();
+        std::fs::write(outside.join("victim"), b"keep").ok();
+        let dest = t.path().join("root");
+        std::fs::create_dir(&dest).ok();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_cksum();
+        b.append_link(&mut h, "x", &outside).ok();
+        for name in ["x/.wh.victim", "x/.wh..wh..opq"] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(0);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, &b""[..]).ok();
+        }
+        let bytes = b.into_inner().unwrap_or_default();
+        let err = apply_layer(&bytes[..], &dest).err().unwrap_or_default();
+        assert!(
+            err.contains("goes through a symlink out of the image"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(outside.join("victim")).ok(),
+            Some(b"keep".to_vec())
+        );
     }
 
     #[test]
