@@ -221,8 +221,10 @@ fn exec_of_a_binary_written_at_run_time_is_refused_and_reported() {
     assert_all_refused(&o, &["refused: execve /tmp/dropped EACCES"]);
     let (_, err) = text(&o);
     assert!(
-        err.contains("ringfence sandbox: drift: refused exec of /tmp/dropped (sha256:")
-            && err.contains("): not in the verified image (written or brought in at run time)"),
+        err.contains(
+            "ringfence sandbox: drift: refused exec of /tmp/dropped: on a noexec mount: \
+             written at run time (the kernel refuses it as well)"
+        ),
         "{err}"
     );
 }
@@ -685,7 +687,7 @@ fn a_volume_is_writable_but_never_executable_and_ro_means_read_only() {
     assert!(
         text(&o)
             .1
-            .contains("drift: refused exec of /data/p (sha256:"),
+            .contains("drift: refused exec of /data/p: on a noexec mount"),
         "{}",
         text(&o).1
     );
@@ -707,5 +709,45 @@ fn a_volume_is_writable_but_never_executable_and_ro_means_read_only() {
         text(&o).1.contains("cannot be a volume's mount point"),
         "{}",
         text(&o).1
+    );
+}
+
+/// Paths that once made the exec supervisor (host root) resolve from the host's root, block on
+/// a FIFO or read /proc: refused, promptly, with nothing opened outside the sandbox.
+#[test]
+fn exec_paths_aimed_at_the_supervisor_are_refused_promptly() {
+    let r = rootfs();
+    // A FIFO in the image (the sandbox cannot make one): opening it to read would block.
+    let made = Command::new("mkfifo")
+        .arg(r.root.join("fifo"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::set_permissions(r.root.join("fifo"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = std::time::Instant::now();
+    let o = run_in(&r.root, &[], &["/bin/probe", "exec-tricks"]);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_all_refused(
+        &o,
+        &[
+            "refused: execve /proc/self/cwd/tmp/hostlink EACCES",
+            "refused: execve /proc/self/root/bin/probe EACCES",
+            "refused: execve /proc/kmsg EACCES",
+            "refused: execve /fifo EACCES",
+            "refused: execve /dev/tty EACCES",
+        ],
+    );
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("refused exec of /proc/kmsg: a /proc or /sys file is never executed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("refused exec of /fifo: not a regular file"),
+        "{err}"
     );
 }

@@ -161,6 +161,79 @@ fn refused(
     )
 }
 
+/// The caller's `/proc` entries, opened before the notification is checked to be live, so
+/// everything afterwards concerns that process even if its pid is reused meanwhile.
+struct Pinned {
+    dir: File,
+    mem: File,
+    root: File,
+    pidfd: OwnedFd,
+}
+
+impl Pinned {
+    fn open(pid: u32) -> std::io::Result<Pinned> {
+        let dir = open_path(
+            &format!("/proc/{pid}"),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )?;
+        let mem = openat(&dir, "mem", libc::O_RDONLY | libc::O_CLOEXEC)?;
+        let root = openat(
+            &dir,
+            "root",
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )?;
+        // SAFETY: plain integer arguments; returns a new fd or -1.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if pidfd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor owned from here on.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+        Ok(Pinned {
+            dir,
+            mem,
+            root,
+            pidfd,
+        })
+    }
+
+    /// A duplicate of the caller's descriptor `fd` (the file itself, no path involved).
+    fn fd(&self, fd: i32) -> std::io::Result<File> {
+        // SAFETY: plain integer arguments; returns a new fd or -1.
+        let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0) };
+        if got < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor now owned by the File.
+        Ok(unsafe { File::from_raw_fd(got as RawFd) })
+    }
+
+    /// Where a link under the caller's `/proc/<pid>` points, as the caller sees it.
+    fn link(&self, name: &str) -> std::io::Result<String> {
+        let c = CString::new(name).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut buf = vec![0u8; libc::PATH_MAX as usize];
+        // SAFETY: `dir` is an open directory fd, `c` NUL-terminated, `buf` writable for its len.
+        let n = unsafe {
+            libc::readlinkat(
+                self.dir.as_raw_fd(),
+                c.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        buf.truncate(usize::try_from(n).unwrap_or(0));
+        String::from_utf8(buf).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+    }
+}
+
+fn id_valid(listener: RawFd, id: u64) -> bool {
+    // SAFETY: a valid u64 id for the ioctl.
+    unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0 }
+}
+
 /// The errno to answer with (0: let the call continue) and what to report.
 fn decide(listener: RawFd, n: &libc::seccomp_notif, index: &ExecIndex) -> (i32, Option<Event>) {
     let pid = n.pid;
@@ -172,20 +245,27 @@ fn decide(listener: RawFd, n: &libc::seccomp_notif, index: &ExecIndex) -> (i32, 
     } else {
         return refused(pid, "?", None, format!("unexpected syscall {nr}"));
     };
-    let raw = match read_path(pid, ptr) {
+    let pinned = match Pinned::open(pid) {
+        Ok(p) => p,
+        Err(e) => return refused(pid, "?", None, format!("cannot inspect the caller: {e}")),
+    };
+    if !id_valid(listener, n.id) {
+        return refused(pid, "?", None, "the caller went away");
+    }
+    let raw = match read_path(&pinned.mem, ptr) {
         Ok(p) => p,
         Err(e) => return refused(pid, "?", None, format!("cannot read the path: {e}")),
     };
     // What to call it in reports: the path, or the descriptor and what it refers to.
     let path = if raw.is_empty() {
-        let target = std::fs::read_link(format!("/proc/{pid}/fd/{dirfd}"))
-            .map(|t| t.to_string_lossy().into_owned())
+        let target = pinned
+            .link(&format!("fd/{dirfd}"))
             .unwrap_or_else(|_| "?".into());
         format!("fd {dirfd} ({target})")
     } else {
         raw.clone()
     };
-    let file = match open_in_task(pid, dirfd, &raw, flags) {
+    let target = match open_in_task(&pinned, dirfd, &raw, flags) {
         Ok(f) => f,
         // Nothing to run there: answer as the kernel would (shells search PATH this way).
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
@@ -200,12 +280,10 @@ fn decide(listener: RawFd, n: &libc::seccomp_notif, index: &ExecIndex) -> (i32, 
             );
         }
     };
-    // The pid could have been reused between the notification and the open: check the
-    // notification is still live, i.e. the opened file belongs to the caller's view.
-    // SAFETY: a valid u64 id for the ioctl.
-    if unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &n.id) } != 0 {
-        return refused(pid, &path, None, "the caller went away");
-    }
+    let file = match readable_executable(&target) {
+        Ok(f) => f,
+        Err(why) => return refused(pid, &path, None, why),
+    };
     match index.check(&file) {
         Ok(image_path) => (
             0,
@@ -218,9 +296,52 @@ fn decide(listener: RawFd, n: &libc::seccomp_notif, index: &ExecIndex) -> (i32, 
     }
 }
 
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+const SYSFS_MAGIC: i64 = 0x6265_6572;
+
+/// Checks what `target` (an `O_PATH` or other descriptor) is before reading a byte of it: a
+/// regular file, not on procfs or sysfs, not on a `noexec` mount (the kernel would refuse it
+/// anyway; it is reported without reading it). Returns it opened for reading, without
+/// blocking and without becoming a controlling terminal.
+fn readable_executable(target: &File) -> Result<File, String> {
+    let meta = target
+        .metadata()
+        .map_err(|e| format!("cannot inspect the file: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `target` is an open descriptor; `fs` is a writable statfs.
+    if unsafe { libc::fstatfs(target.as_raw_fd(), fs.as_mut_ptr()) } != 0 {
+        return Err("cannot inspect its filesystem".into());
+    }
+    // SAFETY: fstatfs returned 0, so the struct is initialised.
+    let fs = unsafe { fs.assume_init() };
+    let magic = fs.f_type as i64;
+    if magic == PROC_SUPER_MAGIC || magic == SYSFS_MAGIC {
+        return Err("a /proc or /sys file is never executed".into());
+    }
+    let mut vfs = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `target` is an open descriptor; `vfs` is a writable statvfs.
+    if unsafe { libc::fstatvfs(target.as_raw_fd(), vfs.as_mut_ptr()) } != 0 {
+        return Err("cannot inspect its mount".into());
+    }
+    // SAFETY: fstatvfs returned 0, so the struct is initialised.
+    let vfs = unsafe { vfs.assume_init() };
+    if vfs.f_flag & libc::ST_NOEXEC != 0 {
+        return Err(
+            "on a noexec mount: written at run time (the kernel refuses it as well)".into(),
+        );
+    }
+    open_path(
+        &format!("/proc/self/fd/{}", target.as_raw_fd()),
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+    )
+    .map_err(|e| format!("cannot read the file: {e}"))
+}
+
 /// Reads a NUL-terminated path from the task's memory (at most `PATH_MAX`).
-fn read_path(pid: u32, addr: u64) -> std::io::Result<String> {
-    let mem = File::open(format!("/proc/{pid}/mem"))?;
+fn read_path(mem: &File, addr: u64) -> std::io::Result<String> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize];
     let mut got = 0usize;
     // Read page by page: the string may end right before an unmapped page.
@@ -255,49 +376,58 @@ fn open_path(path: &str, flags: i32) -> std::io::Result<File> {
         .open(path)
 }
 
+fn openat(dir: &File, name: &str, flags: i32) -> std::io::Result<File> {
+    let c = CString::new(name).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `dir` is an open directory fd and `c` NUL-terminated.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor now owned by the File.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 use std::os::unix::fs::OpenOptionsExt;
 
-/// Opens what an exec call names, resolved in the task's root.
-fn open_in_task(pid: u32, dirfd: i32, path: &str, flags: u64) -> std::io::Result<File> {
+/// Finds what an exec call names, as an `O_PATH` descriptor, without ever resolving a path
+/// from the host's root: descriptors are taken from the caller itself, `/proc/self/exe` is the
+/// caller's own executable, every other path is resolved inside the caller's root.
+fn open_in_task(p: &Pinned, dirfd: i32, path: &str, flags: u64) -> std::io::Result<File> {
     let empty_path = flags & libc::AT_EMPTY_PATH as u64 != 0;
     if path.is_empty() {
         if !empty_path || dirfd < 0 {
             return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
         }
-        // fexecve / execveat(fd, "", AT_EMPTY_PATH): the file behind the task's descriptor.
-        return open_path(&format!("/proc/{pid}/fd/{dirfd}"), libc::O_CLOEXEC);
+        // fexecve / execveat(fd, "", AT_EMPTY_PATH): the file behind the caller's descriptor.
+        return p.fd(dirfd);
     }
-    // The task's own /proc entries (busybox runs its applets as /proc/self/exe): the
-    // supervisor's /proc/self would be itself, so go through the task's host pid. These are
-    // the task's own magic links: the file behind them is what the kernel would execute.
+    // The caller's own /proc entries: the supervisor's /proc/self would be itself.
     for prefix in ["/proc/self/", "/proc/thread-self/"] {
         if let Some(rest) = path.strip_prefix(prefix) {
-            if rest.contains("..") {
-                return Err(std::io::Error::from_raw_os_error(libc::EACCES));
+            if rest == "exe" {
+                // busybox runs its applets this way: the caller's own, already verified, file.
+                return openat(&p.dir, "exe", libc::O_PATH | libc::O_CLOEXEC);
             }
-            return open_path(&format!("/proc/{pid}/{rest}"), libc::O_CLOEXEC);
+            if let Some(n) = rest.strip_prefix("fd/").and_then(|n| n.parse::<i32>().ok()) {
+                return p.fd(n);
+            }
+            return Err(std::io::Error::from_raw_os_error(libc::EACCES));
         }
     }
     let full = if path.starts_with('/') {
         path.to_owned()
     } else {
         let base = if dirfd == libc::AT_FDCWD {
-            format!("/proc/{pid}/cwd")
+            p.link("cwd")?
         } else {
-            format!("/proc/{pid}/fd/{dirfd}")
+            p.link(&format!("fd/{dirfd}"))?
         };
         // The directory as the task sees it (its root is the pivoted image root).
-        let dir = std::fs::read_link(&base)?;
-        let dir = dir.to_string_lossy();
-        if !dir.starts_with('/') || dir.ends_with(" (deleted)") {
+        if !base.starts_with('/') || base.ends_with(" (deleted)") {
             return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
         }
-        format!("{}/{path}", dir.trim_end_matches('/'))
+        format!("{}/{path}", base.trim_end_matches('/'))
     };
-    let root = open_path(
-        &format!("/proc/{pid}/root"),
-        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-    )?;
     let cpath = CString::new(full).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     if flags & libc::AT_SYMLINK_NOFOLLOW as u64 != 0 {
@@ -305,14 +435,14 @@ fn open_in_task(pid: u32, dirfd: i32, path: &str, flags: u64) -> std::io::Result
     }
     // SAFETY: all-zero is a valid open_how; fields are set below.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
     how.resolve = resolve;
     // SAFETY: `root` is an open directory fd, `cpath` NUL-terminated, `how` a valid open_how of
     // the size passed.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            root.as_raw_fd(),
+            p.root.as_raw_fd(),
             cpath.as_ptr(),
             &how,
             std::mem::size_of::<libc::open_how>(),

@@ -259,6 +259,15 @@ int main(int argc, char **argv) {
         if (fd < 0) { printf("setup failed: %s\n", ename(errno)); return 2; }
         close(fd);
         expect_refused("execve of a copy on the volume", execve(argv[2], child_argv, envp));
+    } else if (!strcmp(t, "exec-tricks")) {
+        /* Paths meant to make the exec supervisor open host files, block on a FIFO, or read
+         * /proc: each must be refused promptly. */
+        symlink("/etc/hostname", "/tmp/hostlink");
+        expect_refused("execve /proc/self/cwd/tmp/hostlink", execve("/proc/self/cwd/tmp/hostlink", child_argv, envp));
+        expect_refused("execve /proc/self/root/bin/probe", execve("/proc/self/root/bin/probe", child_argv, envp));
+        expect_refused("execve /proc/kmsg", execve("/proc/kmsg", child_argv, envp));
+        expect_refused("execve /fifo", execve("/fifo", child_argv, envp));
+        expect_refused("execve /dev/tty", execve("/dev/tty", child_argv, envp));
     } else if (!strcmp(t, "sleep")) {
         /* argv[3] is a marker the test looks for in /proc to find us. */
         sleep(argc > 2 ? (unsigned)atoi(argv[2]) : 30);
