@@ -317,7 +317,7 @@ fn readable_executable(target: &File) -> Result<File, String> {
     }
     // SAFETY: fstatfs returned 0, so the struct is initialised.
     let fs = unsafe { fs.assume_init() };
-    let magic = fs.f_type as i64;
+    let magic = fs.f_type;
     if magic == PROC_SUPER_MAGIC || magic == SYSFS_MAGIC {
         return Err("a /proc or /sys file is never executed".into());
     }
