@@ -188,6 +188,8 @@ fn a_raw_socket_is_refused() {
         &[
             "refused: socket AF_INET SOCK_RAW EPERM",
             "refused: socket AF_PACKET EPERM",
+            "refused: socket AF_VSOCK EPERM",
+            "refused: prctl(PR_SET_PDEATHSIG, 0) EPERM",
         ],
     );
 }

@@ -84,7 +84,20 @@ pub enum Action {
     Notify,
     /// Allow only when none of these bits is set in the first argument (`clone` flags).
     AllowIfArg0Clear(u64),
+    /// Allow only when the first argument (a 32-bit `int`) is one of these (`socket` domains).
+    AllowIfArg0In(&'static [u32]),
+    /// Allow unless the first argument (a 32-bit `int`) is this (`prctl` options).
+    AllowUnlessArg0Is(u32),
 }
+
+/// The socket domains the default profile allows: unix, IPv4, IPv6, netlink (no vsock,
+/// packet, bluetooth...: some are not confined by the network namespace).
+pub const SOCKET_DOMAINS: &[u32] = &[
+    libc::AF_UNIX as u32,
+    libc::AF_INET as u32,
+    libc::AF_INET6 as u32,
+    libc::AF_NETLINK as u32,
+];
 
 impl Action {
     fn describe(self) -> String {
@@ -93,6 +106,10 @@ impl Action {
             Action::Errno(e) => format!("refuse ({})", errno_name(e)),
             Action::Notify => "supervised (exec must be in the verified image)".into(),
             Action::AllowIfArg0Clear(_) => "allow without namespace flags".into(),
+            Action::AllowIfArg0In(_) => "allow for unix, inet, inet6 and netlink only".into(),
+            Action::AllowUnlessArg0Is(_) => {
+                "allow except PR_SET_PDEATHSIG (the task dies with its sandbox)".into()
+            }
         }
     }
 }
@@ -445,6 +462,21 @@ impl Profile {
             libc::SYS_clone3 as u32,
             ("clone3", Action::Errno(libc::ENOSYS as u16)),
         );
+        if rules.contains_key(&(libc::SYS_socket as u32)) {
+            rules.insert(
+                libc::SYS_socket as u32,
+                ("socket", Action::AllowIfArg0In(SOCKET_DOMAINS)),
+            );
+        }
+        if rules.contains_key(&(libc::SYS_prctl as u32)) {
+            rules.insert(
+                libc::SYS_prctl as u32,
+                (
+                    "prctl",
+                    Action::AllowUnlessArg0Is(libc::PR_SET_PDEATHSIG as u32),
+                ),
+            );
+        }
         rules.insert(libc::SYS_execve as u32, ("execve", Action::Notify));
         rules.insert(libc::SYS_execveat as u32, ("execveat", Action::Notify));
         Profile {
@@ -556,6 +588,25 @@ fn leaf(action: Action) -> Vec<SockFilter> {
                 stmt(BPF_RET_K, ret::ALLOW),
             ]
         }
+        Action::AllowIfArg0In(values) => {
+            let deny = ret::ERRNO | libc::EPERM as u32;
+            let mut out = vec![stmt(BPF_LD_W_ABS, OFF_ARG0_LO)];
+            let n = values.len();
+            for (i, v) in values.iter().enumerate() {
+                // On a match, jump over the remaining comparisons and the deny.
+                let skip = u8::try_from(n - i).unwrap_or(u8::MAX);
+                out.push(jump(BPF_JMP_JEQ_K, *v, skip, 0));
+            }
+            out.push(stmt(BPF_RET_K, deny));
+            out.push(stmt(BPF_RET_K, ret::ALLOW));
+            out
+        }
+        Action::AllowUnlessArg0Is(value) => vec![
+            stmt(BPF_LD_W_ABS, OFF_ARG0_LO),
+            jump(BPF_JMP_JEQ_K, value, 0, 1),
+            stmt(BPF_RET_K, ret::ERRNO | libc::EPERM as u32),
+            stmt(BPF_RET_K, ret::ALLOW),
+        ],
     }
 }
 
@@ -689,6 +740,47 @@ mod tests {
     }
 
     #[test]
+    fn socket_domains_and_pdeathsig_are_filtered_by_argument() {
+        let prog = Profile::default_profile().compile();
+        let with = |nr: i64, arg0: u64| {
+            let mut c = call(nr);
+            c.args[0] = arg0;
+            evaluate(&prog, &c)
+        };
+        let deny = Some(ret::ERRNO | libc::EPERM as u32);
+        for ok in [
+            libc::AF_UNIX,
+            libc::AF_INET,
+            libc::AF_INET6,
+            libc::AF_NETLINK,
+        ] {
+            assert_eq!(with(libc::SYS_socket, ok as u64), Some(ret::ALLOW));
+        }
+        for bad in [
+            libc::AF_VSOCK,
+            libc::AF_PACKET,
+            libc::AF_BLUETOOTH,
+            libc::AF_ALG,
+        ] {
+            assert_eq!(with(libc::SYS_socket, bad as u64), deny, "{bad}");
+        }
+        // The upper half of a 32-bit int argument is ignored, as the kernel ignores it.
+        assert_eq!(
+            with(libc::SYS_socket, (1u64 << 32) | libc::AF_INET as u64),
+            Some(ret::ALLOW)
+        );
+        assert_eq!(with(libc::SYS_prctl, libc::PR_SET_PDEATHSIG as u64), deny);
+        assert_eq!(
+            with(libc::SYS_prctl, libc::PR_GET_PDEATHSIG as u64),
+            Some(ret::ALLOW)
+        );
+        assert_eq!(
+            with(libc::SYS_prctl, libc::PR_SET_NAME as u64),
+            Some(ret::ALLOW)
+        );
+    }
+
+    #[test]
     fn dangerous_calls_are_refused_in_both_profiles() {
         for profile in [Profile::default_profile(), Profile::strict()] {
             let prog = profile.compile();
@@ -732,7 +824,10 @@ mod tests {
             s.action(libc::SYS_socket as u32),
             Action::Errno(libc::EPERM as u16)
         );
-        assert_eq!(d.action(libc::SYS_socket as u32), Action::Allow);
+        assert_eq!(
+            d.action(libc::SYS_socket as u32),
+            Action::AllowIfArg0In(SOCKET_DOMAINS)
+        );
     }
 
     #[test]
@@ -758,6 +853,12 @@ mod tests {
                 Action::Notify => ret::USER_NOTIF,
                 Action::AllowIfArg0Clear(mask) => {
                     if arg0 & mask == 0 { ret::ALLOW } else { ret::ERRNO | libc::EPERM as u32 }
+                }
+                Action::AllowIfArg0In(values) => {
+                    if values.contains(&(arg0 as u32)) { ret::ALLOW } else { ret::ERRNO | libc::EPERM as u32 }
+                }
+                Action::AllowUnlessArg0Is(v) => {
+                    if arg0 as u32 == v { ret::ERRNO | libc::EPERM as u32 } else { ret::ALLOW }
                 }
             };
             prop_assert_eq!(evaluate(&prog, &data), Some(want));

@@ -136,6 +136,9 @@ int main(int argc, char **argv) {
     } else if (!strcmp(t, "raw-socket")) {
         expect_refused("socket AF_INET SOCK_RAW", socket(AF_INET, SOCK_RAW, IPPROTO_ICMP));
         expect_refused("socket AF_PACKET", socket(17 /* AF_PACKET */, SOCK_RAW, 0));
+        expect_refused("socket AF_VSOCK", socket(40 /* AF_VSOCK */, SOCK_STREAM, 0));
+        /* Outliving the sandbox: pid 1 may not drop the signal that ends it with its init. */
+        expect_refused("prctl(PR_SET_PDEATHSIG, 0)", prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0));
     } else if (!strcmp(t, "leaked-fd")) {
         for (int fd = 3; fd < 1024; fd++) {
             if (fcntl(fd, F_GETFD) >= 0) {
