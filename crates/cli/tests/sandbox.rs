@@ -702,6 +702,13 @@ fn a_volume_is_writable_but_never_executable_and_ro_means_read_only() {
     );
     assert_eq!(text(&o).0, "write failed: EROFS\n");
 
+    // A volume inside the rootfs (or holding it) is refused: the same file would be
+    // executable through / and writable through the volume.
+    let inner = format!("{}:/data", r.root.join("bin").display());
+    let o = run_in(&r.root, &["--volume", &inner], &["/bin/probe", "hello"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(text(&o).1.contains("overlaps the rootfs"), "{}", text(&o).1);
+
     // A rootfs whose mount point is a symlink out of it is refused.
     std::os::unix::fs::symlink("/etc", r.root.join("etcdata")).unwrap();
     let bad = format!("{}:/etcdata", data.display());

@@ -108,6 +108,8 @@ pub struct Outcome {
     pub memory_peak: Option<u64>,
     /// Exec decisions and other events.
     pub events: Vec<Event>,
+    /// Events beyond the first `MAX_EVENTS`, counted only.
+    pub events_dropped: u64,
     /// Landlock status.
     pub landlock: String,
     /// The image digest, for `--image`.
@@ -143,6 +145,9 @@ impl Outcome {
         }
     }
 }
+
+/// Exec decisions kept per sandbox; later ones are only counted.
+pub const MAX_EVENTS: usize = 1000;
 
 /// A prepared root filesystem and its executable index.
 struct Prepared {
@@ -224,7 +229,7 @@ pub struct Running {
     prepared: Prepared,
     cgroup: Option<Cgroup>,
     stop: Arc<AtomicBool>,
-    events: Arc<Mutex<Vec<Event>>>,
+    events: Arc<Mutex<(Vec<Event>, u64)>>,
     report: Arc<dyn Fn(&Event) + Send + Sync>,
     landlock: String,
     supervisor: Option<std::thread::JoinHandle<()>>,
@@ -273,6 +278,14 @@ pub fn start(
             return Err(SandboxError::Start(format!(
                 "volume {}: not a directory",
                 host.display()
+            )));
+        }
+        if host.starts_with(&prepared.rootfs) || prepared.rootfs.starts_with(&host) {
+            return Err(SandboxError::Start(format!(
+                "volume {}: overlaps the rootfs {}; a file could then be both writable and \
+                 executable",
+                host.display(),
+                prepared.rootfs.display()
             )));
         }
         crate::image::volume_target(&prepared.rootfs, &v.inside)?;
@@ -340,7 +353,7 @@ pub fn start(
         prepared,
         cgroup,
         stop: Arc::new(AtomicBool::new(false)),
-        events: Arc::new(Mutex::new(Vec::new())),
+        events: Arc::new(Mutex::new((Vec::new(), 0))),
         report,
         landlock: String::new(),
         supervisor: None,
@@ -442,6 +455,7 @@ impl Running {
 
     fn await_listener(&mut self) -> Result<(), SandboxError> {
         let mut task_pid = None;
+        let mut listener_fd: Option<i32> = None;
         loop {
             let mut line = String::new();
             let n = self
@@ -459,12 +473,18 @@ impl Running {
                 "pid" => task_pid = rest.parse::<u32>().ok(),
                 "landlock" => self.landlock = rest.to_owned(),
                 "listener" => {
-                    let fd: i32 = rest
-                        .parse()
-                        .map_err(|_| SandboxError::Setup(format!("bad status line {line:?}")))?;
-                    let pid = task_pid.ok_or_else(|| {
-                        SandboxError::Setup("listener reported before the task's pid".into())
-                    })?;
+                    listener_fd =
+                        Some(rest.parse().map_err(|_| {
+                            SandboxError::Setup(format!("bad status line {line:?}"))
+                        })?)
+                }
+                "error" => return Err(SandboxError::Setup(rest.to_owned())),
+                _ => {}
+            }
+            // The init's "pid" and the task's "listener" race to the pipe: take them in
+            // either order.
+            if let (Some(pid), Some(fd)) = (task_pid, listener_fd) {
+                {
                     let listener = fetch_listener(pid, fd).map_err(|e| {
                         SandboxError::Setup(format!("taking the seccomp listener: {e}"))
                     })?;
@@ -473,16 +493,21 @@ impl Running {
                     let events = Arc::clone(&self.events);
                     let report = Arc::clone(&self.report);
                     self.supervisor = Some(std::thread::spawn(move || {
+                        // Bounded: a task looping on refused execs cannot grow the
+                        // supervisor's memory or flood its log; the rest are counted.
                         let sink = move |e: Event| {
-                            report(&e);
-                            events.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                            let mut ev = events.lock().unwrap_or_else(|p| p.into_inner());
+                            if ev.0.len() < MAX_EVENTS {
+                                report(&e);
+                                ev.0.push(e);
+                            } else {
+                                ev.1 += 1;
+                            }
                         };
                         serve(listener, index, stop, &sink);
                     }));
                     return Ok(());
                 }
-                "error" => return Err(SandboxError::Setup(rest.to_owned())),
-                _ => {}
             }
         }
     }
@@ -522,13 +547,15 @@ impl Running {
         if let Some(e) = errors.first() {
             return Err(SandboxError::Setup(e.clone()));
         }
-        let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
+        let (events, events_dropped) =
+            std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(Outcome {
             exit,
             oom_killed: self.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0),
             pids_refused: self.cgroup.as_ref().map_or(0, Cgroup::pids_refused),
             memory_peak: self.cgroup.as_ref().and_then(Cgroup::memory_peak),
             events,
+            events_dropped,
             landlock: std::mem::take(&mut self.landlock),
             image: self.prepared.image.as_ref().map(|d| d.to_string()),
             executables: self.prepared.index.len(),

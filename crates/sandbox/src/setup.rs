@@ -125,13 +125,9 @@ pub fn enter(sys: &dyn Syscall, plan: &Plan) -> Result<Entered, SysError> {
     let root = plan.rootfs.as_path();
     // Nothing we mount propagates back to the host.
     sys.mount(None, Path::new("/"), None, ms::REC | ms::PRIVATE, None)?;
-    sys.mount(
-        Some(&root.to_string_lossy()),
-        root,
-        None,
-        ms::BIND | ms::REC,
-        None,
-    )?;
+    // Not recursive: a host mount under the rootfs directory would keep its own (writable,
+    // executable) flags through the read-only remount below.
+    sys.mount(Some(&root.to_string_lossy()), root, None, ms::BIND, None)?;
     sys.mount(
         Some("proc"),
         &under(root, "proc"),
@@ -184,15 +180,17 @@ pub fn enter(sys: &dyn Syscall, plan: &Plan) -> Result<Entered, SysError> {
             Some(&v.host.to_string_lossy()),
             &target,
             None,
-            ms::BIND | ms::REC,
+            ms::BIND,
             None,
         )?;
         let ro = if v.read_only { ms::RDONLY } else { 0 };
+        // Keep the flags the kernel locked on the host mount (atime...), add ours.
+        let locked = sys.mount_flags(&target)? & !ms::RDONLY;
         sys.mount(
             None,
             &target,
             None,
-            ms::REMOUNT | ms::BIND | ms::NOSUID | ms::NODEV | ms::NOEXEC | ro,
+            locked | ms::REMOUNT | ms::BIND | ms::NOSUID | ms::NODEV | ms::NOEXEC | ro,
             None,
         )?;
     }
