@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use ringfence_provenance::statement::Sha256;
 use ringfence_sandbox::cgroup::Limits;
 use ringfence_sandbox::seccomp::Profile;
 use ringfence_sandbox::setup::Volume;
-use ringfence_sandbox::{Config, Exit, Source};
+use ringfence_sandbox::{Config, Exit, Killer, Source};
 use serde::Serialize;
 
 /// What the control plane asks this agent to run.
@@ -162,7 +162,7 @@ pub struct TaskHandle {
     uid: u32,
     dir: PathBuf,
     stop: Arc<AtomicBool>,
-    pid: Arc<AtomicU32>,
+    killer: Arc<Mutex<Option<Killer>>>,
     state: Arc<Mutex<(TaskState, u32)>>,
     thread: Option<std::thread::JoinHandle<()>>,
     uids: Arc<Mutex<BTreeSet<u32>>>,
@@ -191,9 +191,13 @@ impl TaskHandle {
 
     fn halt(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let pid = self.pid.load(Ordering::SeqCst);
-        if pid != 0 {
-            ringfence_sandbox::run::kill(pid);
+        if let Some(k) = self
+            .killer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            k.kill();
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -362,10 +366,11 @@ impl Runner {
             stderr: Some(dir.join("stderr.log")),
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let pid = Arc::new(AtomicU32::new(0));
+        let killer = Arc::new(Mutex::new(None));
         let state = Arc::new(Mutex::new((TaskState::Starting, 0u32)));
         let thread = {
-            let (stop, pid, state) = (Arc::clone(&stop), Arc::clone(&pid), Arc::clone(&state));
+            let (stop, killer, state) =
+                (Arc::clone(&stop), Arc::clone(&killer), Arc::clone(&state));
             let events = self.events.clone();
             let running = Arc::clone(&self.running);
             let id = spec.id.clone();
@@ -373,7 +378,7 @@ impl Runner {
             std::thread::Builder::new()
                 .name(format!("task {id}"))
                 .spawn(move || {
-                    supervise(&id, &sandbox, backoff, &stop, &pid, &state, &events);
+                    supervise(&id, &sandbox, backoff, &stop, &killer, &state, &events);
                     release_id(&running, &id);
                 })
                 .map_err(Self::io(&dir))?
@@ -383,7 +388,7 @@ impl Runner {
             uid,
             dir,
             stop,
-            pid,
+            killer,
             state,
             thread: Some(thread),
             uids: Arc::clone(&self.uids),
@@ -403,7 +408,7 @@ fn supervise(
     cfg: &Config,
     backoff: Backoff,
     stop: &AtomicBool,
-    pid: &AtomicU32,
+    killer: &Mutex<Option<Killer>>,
     state: &Mutex<(TaskState, u32)>,
     events: &Sender<TaskEvent>,
 ) {
@@ -436,15 +441,14 @@ fn supervise(
                 return;
             }
         };
-        pid.store(running.pid(), Ordering::SeqCst);
-        // A stop between the check above and the pid being known must still stop it.
+        *killer.lock().unwrap_or_else(|p| p.into_inner()) = Some(running.killer());
+        // A stop between the check above and the killer being known must still stop it.
         if stop.load(Ordering::SeqCst) {
-            ringfence_sandbox::run::kill(running.pid());
+            running.killer().kill();
         }
         set(TaskState::Running { pid: running.pid() }, restarts);
         let began = Instant::now();
         let outcome = running.wait();
-        pid.store(0, Ordering::SeqCst);
         if stop.load(Ordering::SeqCst) {
             set(TaskState::Stopped, restarts);
             return;

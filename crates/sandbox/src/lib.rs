@@ -19,4 +19,4 @@ pub mod setup;
 pub mod supervisor;
 pub mod sys;
 
-pub use run::{Config, Exit, Outcome, Running, SandboxError, Source, run, start};
+pub use run::{Config, Exit, Killer, Outcome, Running, SandboxError, Source, run, start};

@@ -222,8 +222,43 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Kills a sandbox through pidfds of its init and its task, so a recycled pid is never hit.
+#[derive(Debug, Clone, Default)]
+pub struct Killer(Arc<Mutex<Vec<OwnedFd>>>);
+
+impl Killer {
+    fn add(&self, pid: u32) {
+        // SAFETY: plain integer arguments; returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd >= 0 {
+            use std::os::fd::FromRawFd;
+            // SAFETY: a fresh descriptor owned from here on.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(fd);
+        }
+    }
+
+    /// SIGKILL to the task (pid 1 of its namespace: everything inside dies with it) and to the
+    /// init. Safe after they have exited and been reaped.
+    pub fn kill(&self) {
+        for fd in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            // SAFETY: `fd` is an open pidfd; a null siginfo is allowed.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+        }
+    }
+}
+
 /// A running sandbox.
 pub struct Running {
+    killer: Killer,
     child: Child,
     status: BufReader<std::fs::File>,
     prepared: Prepared,
@@ -347,7 +382,10 @@ pub fn start(
     drop(cfg_r);
     drop(st_w);
     let pid = child.id();
+    let killer = Killer::default();
+    killer.add(pid);
     let mut running = Running {
+        killer,
         child,
         status: BufReader::new(std::fs::File::from(st_r)),
         prepared,
@@ -430,6 +468,11 @@ impl Running {
         self.child.id()
     }
 
+    /// A handle that kills this sandbox, usable from any thread, even after it ended.
+    pub fn killer(&self) -> Killer {
+        self.killer.clone()
+    }
+
     /// The verified image's executables.
     pub fn index(&self) -> &ExecIndex {
         &self.prepared.index
@@ -485,6 +528,7 @@ impl Running {
             // either order.
             if let (Some(pid), Some(fd)) = (task_pid, listener_fd) {
                 {
+                    self.killer.add(pid);
                     let listener = fetch_listener(pid, fd).map_err(|e| {
                         SandboxError::Setup(format!("taking the seccomp listener: {e}"))
                     })?;
@@ -569,15 +613,6 @@ pub fn run(
     report: Arc<dyn Fn(&Event) + Send + Sync>,
 ) -> Result<Outcome, SandboxError> {
     start(cfg, report)?.wait()
-}
-
-/// Kills a sandbox by its init's pid (from [`Running::pid`]); everything inside dies with it.
-pub fn kill(pid: u32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: plain integer arguments; a stale pid at worst gets ESRCH.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 /// Default work directory for unpacked images and the digest cache: root's, on tmpfs.
