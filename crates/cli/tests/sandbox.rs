@@ -760,3 +760,21 @@ fn exec_paths_aimed_at_the_supervisor_are_refused_promptly() {
         "{err}"
     );
 }
+
+#[test]
+fn a_fork_bomb_without_limits_still_stops_at_the_process_rlimit() {
+    let r = rootfs();
+    let o = run_in(&r.root, &[], &["/bin/probe", "fork-bomb"]);
+    let (out, err) = text(&o);
+    assert!(
+        out.starts_with("refused: fork EAGAIN after "),
+        "{out}\n{err}"
+    );
+    let n: u32 = out
+        .trim()
+        .trim_start_matches("refused: fork EAGAIN after ")
+        .trim_end_matches(" children")
+        .parse()
+        .unwrap_or(99_999);
+    assert!(n < 1024, "{n} children with no limit given");
+}

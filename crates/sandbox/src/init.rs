@@ -44,6 +44,9 @@ pub struct InitConfig {
     pub tmp_size: u64,
     /// Open-file limit.
     pub nofile: u64,
+    /// Process (and thread) limit for the task's uid: a fork bomb stops even without a
+    /// pids cgroup.
+    pub nproc: u64,
     /// Network inside.
     pub network: crate::net::Network,
     /// Host directories bound inside.
@@ -63,6 +66,47 @@ pub fn main() -> i32 {
     // The task must not inherit the status pipe past its exec.
     // SAFETY: plain integer arguments on an fd this process owns.
     unsafe { libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Become the task's unprivileged host ids *before* making the user namespace: the
+    // namespace's owner is then that uid, and the kernel charges what the sandbox uses
+    // against per-user limits (inotify instances, user namespaces...) to it, not to root.
+    let ids: Vec<u32> = std::env::args()
+        .skip(2)
+        .take(2)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let (uid, gid) = match ids.as_slice() {
+        [u, g] if *u != 0 && *g != 0 => (*u, *g),
+        _ => {
+            report(
+                &mut status,
+                "error ids: expected the host uid and gid as arguments",
+            );
+            return 125;
+        }
+    };
+    // SAFETY: getppid has no preconditions.
+    let supervisor = unsafe { libc::getppid() };
+    // SAFETY: plain integer arguments; setgroups with a zero length reads no memory.
+    let dropped = unsafe {
+        libc::setgroups(0, std::ptr::null()) == 0
+            && libc::setresgid(gid, gid, gid) == 0
+            && libc::setresuid(uid, uid, uid) == 0
+    };
+    if !dropped {
+        report(
+            &mut status,
+            &format!("error ids: {}", std::io::Error::last_os_error()),
+        );
+        return 125;
+    }
+    // Changing ids cleared the parent-death signal: set it again, and make sure the
+    // supervisor did not die in between.
+    // SAFETY: plain integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != supervisor {
+        return 125;
+    }
     // New namespaces, owned by a new user namespace in which this process holds every
     // capability until it execs; the supervisor maps uid/gid 0 to its unprivileged host ids
     // once told. The pid namespace is entered by this process's first child.
@@ -94,10 +138,8 @@ pub fn main() -> i32 {
             return 125;
         }
     };
-    // Until now this process was the host's root, unmapped in its own namespace: become the
-    // namespace's root (the unprivileged host uid), so files it creates have a mapped owner.
-    // SAFETY: getppid has no preconditions.
-    let supervisor = unsafe { libc::getppid() };
+    // The maps are written: become the namespace's root (the same unprivileged host uid, now
+    // mapped), so files it creates have a mapped owner.
     if let Err(e) = crate::sys::Syscall::become_ns_root(&LinuxSyscall) {
         report(&mut status, &format!("error ids: {e}"));
         return 125;
@@ -185,6 +227,7 @@ fn run_task(config: &InitConfig, status: &mut File) -> Result<Never, String> {
         rlimits: vec![
             (libc::RLIMIT_CORE, 0, 0),
             (libc::RLIMIT_NOFILE, config.nofile, config.nofile),
+            (libc::RLIMIT_NPROC, config.nproc, config.nproc),
         ],
         status_fd: STATUS_FD,
         filter: profile.compile(),

@@ -146,6 +146,9 @@ impl Outcome {
     }
 }
 
+/// Processes and threads a sandbox's uid may have when no pids limit is given.
+pub const DEFAULT_NPROC: u64 = 1024;
+
 /// Exec decisions kept per sandbox; later ones are only counted.
 pub const MAX_EVENTS: usize = 1000;
 
@@ -341,7 +344,9 @@ pub fn start(
     let (st_r, st_w) = pipe().map_err(start_err("pipe"))?;
     let (cfg_r_fd, st_w_fd) = (cfg_r.as_raw_fd(), st_w.as_raw_fd());
     let mut cmd = Command::new(&cfg.init_program);
-    cmd.arg(INIT_ARG);
+    cmd.arg(INIT_ARG)
+        .arg(cfg.host_uid.to_string())
+        .arg(cfg.host_gid.to_string());
     cmd.env_clear();
     let append = |p: &Path| {
         std::fs::OpenOptions::new()
@@ -431,6 +436,11 @@ pub fn start(
             profile: cfg.profile.name.to_owned(),
             tmp_size: 64 << 20,
             nofile: nofile_limit(),
+            // With a pids cgroup, that is the limit; the rlimit stays out of its way.
+            nproc: cfg
+                .limits
+                .pids
+                .map_or(DEFAULT_NPROC, |p| p.saturating_add(8).max(DEFAULT_NPROC)),
             network: cfg.network.clone(),
             volumes: volumes.clone(),
         };
