@@ -340,6 +340,22 @@ pub fn check_private_dir(dir: &Path) -> Result<(), ImageError> {
             m.mode() & 0o7777
         )));
     }
+    // Nor may anyone else be able to swap a directory on the way to it (a sticky directory
+    // such as /tmp lets no one rename another's entry).
+    let canonical = std::fs::canonicalize(dir).map_err(io(dir))?;
+    for parent in canonical.ancestors().skip(1) {
+        let m = std::fs::metadata(parent).map_err(io(parent))?;
+        let sticky = m.mode() & 0o1000 != 0;
+        if m.uid() != 0 || (m.mode() & 0o022 != 0 && !sticky) {
+            return Err(ImageError::Rootfs(format!(
+                "{} sits in {}, which someone other than root can change (uid {}, mode {:o})",
+                dir.display(),
+                parent.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            )));
+        }
+    }
     Ok(())
 }
 

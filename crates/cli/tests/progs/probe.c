@@ -178,6 +178,17 @@ int main(int argc, char **argv) {
             snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
             expect_refused("execve /proc/self/fd/N of memfd", execve(path, child_argv, envp));
         }
+        /* The same through a descriptor of a file written at run time. */
+        int copy = copy_self("/tmp/fdcopy", 1);
+        if (copy >= 0) {
+            close(copy);
+            int rd = open("/tmp/fdcopy", O_RDONLY);
+            expect_refused("execveat fd of /tmp/fdcopy AT_EMPTY_PATH",
+                           syscall(SYS_execveat, rd, "", child_argv, envp, AT_EMPTY_PATH));
+            char path[64];
+            snprintf(path, sizeof path, "/proc/self/fd/%d", rd);
+            expect_refused("execve /proc/self/fd/N of /tmp/fdcopy", execve(path, child_argv, envp));
+        }
     } else if (!strcmp(t, "int80")) {
         long ret;
         /* getpid through the ia32 entry point: the filter must kill us before it runs. */
