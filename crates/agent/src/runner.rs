@@ -144,15 +144,18 @@ pub enum TaskState {
     },
 }
 
-/// A state change, as reported to the control plane.
+/// A state change or a drift refusal, as reported to the control plane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TaskEvent {
     /// The task.
     pub id: String,
-    /// Its new state.
+    /// Its state.
     pub state: TaskState,
     /// Restarts so far.
     pub restarts: u32,
+    /// Set when the sandbox refused an exec (drift); the state is then unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<String>,
 }
 
 /// A running task.
@@ -362,6 +365,7 @@ impl Runner {
                 inside: "/work".into(),
                 read_only: false,
             }],
+            expect_digest: Some(spec.digest.clone()),
             stdout: Some(dir.join("stdout.log")),
             stderr: Some(dir.join("stderr.log")),
         };
@@ -418,18 +422,33 @@ fn supervise(
             id: id.to_owned(),
             state: s,
             restarts,
+            drift: None,
         });
     };
     let mut restarts = 0u32;
     let mut delay = backoff.initial;
-    let quiet: Arc<dyn Fn(&ringfence_sandbox::supervisor::Event) + Send + Sync> = Arc::new(|_| {});
+    // Drift is reported as it happens; allowed execs are not news.
+    let drift: Arc<dyn Fn(&ringfence_sandbox::supervisor::Event) + Send + Sync> = {
+        let events = events.clone();
+        let id = id.to_owned();
+        Arc::new(move |e: &ringfence_sandbox::supervisor::Event| {
+            if matches!(e, ringfence_sandbox::supervisor::Event::ExecRefused { .. }) {
+                let _ = events.send(TaskEvent {
+                    id: id.clone(),
+                    state: TaskState::Running { pid: 0 },
+                    restarts: 0,
+                    drift: Some(e.to_string()),
+                });
+            }
+        })
+    };
     loop {
         if stop.load(Ordering::SeqCst) {
             set(TaskState::Stopped, restarts);
             return;
         }
         set(TaskState::Starting, restarts);
-        let running = match ringfence_sandbox::start(cfg, Arc::clone(&quiet)) {
+        let running = match ringfence_sandbox::start(cfg, Arc::clone(&drift)) {
             Ok(r) => r,
             Err(e) => {
                 set(

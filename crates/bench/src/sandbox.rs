@@ -112,6 +112,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             cgroup_root: ringfence_sandbox::run::default_cgroup_root().to_owned(),
             network: ringfence_sandbox::net::Network::None,
             volumes: vec![],
+            expect_digest: None,
             stdout: None,
             stderr: None,
         })

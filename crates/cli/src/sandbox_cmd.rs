@@ -165,6 +165,7 @@ fn run_sandbox(args: RunArgs, verbose: bool) -> anyhow::Result<u8> {
             .iter()
             .map(|v| ringfence_sandbox::setup::Volume::parse(v))
             .collect::<Result<_, _>>()?,
+        expect_digest: None,
         stdout: None,
         stderr: None,
     };

@@ -267,3 +267,58 @@ fn an_image_other_than_the_admitted_one_is_refused_and_ids_are_checked() {
     assert_eq!(err, "task shop.web.j3.0 is already running here");
     first.stop();
 }
+
+#[test]
+fn a_layout_replaced_after_admission_is_refused_at_the_next_restart() {
+    let f = fixture();
+    let (runner, rx) = runner(&f);
+    let t = runner
+        .start(spec(
+            &f,
+            "shop.batch.swapped.0",
+            &["/bin/probe", "no-such-test"],
+        ))
+        .unwrap();
+    events_until(&rx, Duration::from_secs(20), |ev| {
+        ev.iter()
+            .any(|e| matches!(e.state, TaskState::Backoff { .. }))
+    });
+    // Someone rewrites the layout on disk with another image.
+    std::fs::remove_dir_all(&f.image).unwrap();
+    let layer = ringfence_provenance::oci::tar(&[("bin/probe", 0o755, b"#!/bin/sh\n")]);
+    ringfence_provenance::oci::write_layout(&f.image, &serde_json::json!({}), &[layer], "x")
+        .unwrap();
+    let ev = events_until(&rx, Duration::from_secs(20), |ev| {
+        ev.iter()
+            .any(|e| matches!(e.state, TaskState::Failed { .. }))
+    });
+    let Some(TaskState::Failed { reason }) = ev.last().map(|e| e.state.clone()) else {
+        panic!("{ev:#?}")
+    };
+    assert!(
+        reason.contains(&format!("not the admitted {}", f.digest)),
+        "{reason}"
+    );
+    t.stop();
+}
+
+#[test]
+fn drift_inside_a_task_is_reported_to_the_agent() {
+    let f = fixture();
+    let (runner, rx) = runner(&f);
+    let _t = runner
+        .start(spec(
+            &f,
+            "shop.web.drifty.0",
+            &["/bin/probe", "exec-written"],
+        ))
+        .unwrap();
+    let ev = events_until(&rx, Duration::from_secs(20), |ev| {
+        ev.iter().any(|e| e.drift.is_some())
+    });
+    let drift = ev.iter().find_map(|e| e.drift.clone()).unwrap();
+    assert!(
+        drift.starts_with("drift: refused exec of /tmp/dropped"),
+        "{drift}"
+    );
+}

@@ -224,8 +224,8 @@ fn exec_of_a_binary_written_at_run_time_is_refused_and_reported() {
     let (_, err) = text(&o);
     assert!(
         err.contains(
-            "ringfence sandbox: drift: refused exec of /tmp/dropped: on a noexec mount: \
-             written at run time (the kernel refuses it as well)"
+            "ringfence sandbox: drift: refused exec of /tmp/dropped: not on the image's root \
+             (written or brought in at run time)"
         ),
         "{err}"
     );
@@ -251,7 +251,7 @@ fn exec_through_memfd_and_execveat_is_refused_and_reported() {
         );
         let (_, err) = text(&o);
         assert!(
-            err.contains("drift: refused exec of fd 3 (/tmp/fdcopy): on a noexec mount"),
+            err.contains("drift: refused exec of fd 3 (/tmp/fdcopy): not on the image's root"),
             "{err}"
         );
     }
@@ -690,7 +690,7 @@ fn a_volume_is_writable_but_never_executable_and_ro_means_read_only() {
     assert!(
         text(&o)
             .1
-            .contains("drift: refused exec of /data/p: on a noexec mount"),
+            .contains("drift: refused exec of /data/p: not on the image's root"),
         "{}",
         text(&o).1
     );
@@ -753,7 +753,7 @@ fn exec_paths_aimed_at_the_supervisor_are_refused_promptly() {
     );
     let (_, err) = text(&o);
     assert!(
-        err.contains("refused exec of /proc/kmsg: a /proc or /sys file is never executed"),
+        err.contains("refused exec of /proc/kmsg: not on the image's root"),
         "{err}"
     );
     assert!(
@@ -778,4 +778,29 @@ fn a_fork_bomb_without_limits_still_stops_at_the_process_rlimit() {
         .parse()
         .unwrap_or(99_999);
     assert!(n < 1024, "{n} children with no limit given");
+}
+
+#[test]
+fn an_exec_from_a_second_thread_is_decided_like_any_other() {
+    let r = rootfs();
+    let o = run_in(&r.root, &[], &["/bin/probe", "thread-exec"]);
+    let (out, err) = text(&o);
+    assert_eq!(out, "hello from pid 1\n", "{err}");
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn a_refused_path_with_control_characters_is_reported_escaped() {
+    let r = rootfs();
+    let o = run_in(
+        &r.root,
+        &[],
+        &["/bin/probe", "copy-and-exec", "/tmp/x\u{1b}[2Jevil"],
+    );
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("refused exec of /tmp/x\\u{1b}[2Jevil"),
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "{err:?}");
 }

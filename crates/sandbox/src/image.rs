@@ -125,6 +125,8 @@ fn strip_setid_bits(root: &Path) -> std::io::Result<()> {
 pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<(), String> {
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
+    // Never a setuid or setgid file on the host, not even between two layers.
+    archive.set_mask(0o6000);
     archive.set_preserve_ownerships(false);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
@@ -150,7 +152,17 @@ pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<(), String> {
             // A whiteout may only remove what lies inside `dest`: a directory on the way that
             // an earlier entry made a symlink (`x -> /etc`, then `x/.wh..opq`) would point the
             // removal at the host.
-            if !no_symlink_on_the_way(dest, parent_rel) || hidden.contains('/') {
+            // The hidden name must be one plain entry: `.wh...` would name the parent of
+            // `dest` itself.
+            let plain =
+                !hidden.is_empty() && hidden != "." && hidden != ".." && !hidden.contains('/');
+            if !plain {
+                return Err(format!(
+                    "whiteout {} names no entry of the image",
+                    path.display()
+                ));
+            }
+            if !no_symlink_on_the_way(dest, parent_rel) {
                 return Err(format!(
                     "whiteout {} goes through a symlink out of the image",
                     path.display()
@@ -666,6 +678,21 @@ mod tests {
             std::fs::read(outside.join("victim")).ok(),
             Some(b"keep".to_vec())
         );
+    }
+
+    #[test]
+    fn whiteouts_of_dot_or_dot_dot_are_refused() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        std::fs::write(t.path().join("sibling"), b"keep").ok();
+        let dest = t.path().join("root");
+        std::fs::create_dir(&dest).ok();
+        std::fs::write(dest.join("file"), b"keep").ok();
+        for name in [".wh...", ".wh..", ".wh."] {
+            let layer = oci::tar(&[(name, 0o644, b"")]);
+            let err = apply_layer(&layer[..], &dest).err().unwrap_or_default();
+            assert!(err.contains("names no entry of the image"), "{name}: {err}");
+        }
+        assert!(t.path().join("sibling").exists() && dest.join("file").exists());
     }
 
     #[test]

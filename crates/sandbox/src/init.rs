@@ -120,7 +120,12 @@ pub fn main() -> i32 {
     if unsafe { libc::unshare(flags) } != 0 {
         report(
             &mut status,
-            &format!("error namespaces: {}", std::io::Error::last_os_error()),
+            &format!(
+                "error namespaces: {} (are unprivileged user namespaces allowed? see \
+                 user.max_user_namespaces and, on Ubuntu, \
+                 kernel.apparmor_restrict_unprivileged_userns)",
+                std::io::Error::last_os_error()
+            ),
         );
         return 125;
     }
@@ -163,6 +168,10 @@ pub fn main() -> i32 {
         );
         return 125;
     }
+    // SAFETY: getpid has no preconditions; pidfd_open takes plain integers (close-on-exec by
+    // default; the task closes it with every other descriptor before it execs).
+    let init_pidfd =
+        unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) } as libc::c_int;
     // SAFETY: this process is single-threaded (a fresh exec that started no threads), so the
     // child may run arbitrary code.
     let child = unsafe { libc::fork() };
@@ -174,7 +183,7 @@ pub fn main() -> i32 {
         return 125;
     }
     if child == 0 {
-        task(&config, &mut status);
+        task(&config, &mut status, init_pidfd);
     }
     report(&mut status, &format!("pid {child}"));
     let mut wstatus = 0;
@@ -201,10 +210,22 @@ pub fn main() -> i32 {
 }
 
 /// The task: pid 1 of the new pid namespace. Never returns.
-fn task(config: &InitConfig, status: &mut File) -> ! {
-    // Die with the init (and so with the supervisor).
+fn task(config: &InitConfig, status: &mut File, init_pidfd: libc::c_int) -> ! {
+    // Die with the init (and so with the supervisor); if the init is already gone, now. (From
+    // inside the new pid namespace the parent is invisible, so ask the init's pidfd.)
     // SAFETY: plain integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let mut pfd = libc::pollfd {
+        fd: init_pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a zero timeout never blocks.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if init_pidfd < 0 || n != 0 {
+        // SAFETY: ends this process at once.
+        unsafe { libc::_exit(125) }
+    }
     let code = match run_task(config, status) {
         Ok(never) => match never {},
         Err(line) => {

@@ -57,6 +57,9 @@ pub struct Config {
     pub network: crate::net::Network,
     /// Host directories bound inside (never executable).
     pub volumes: Vec<crate::setup::Volume>,
+    /// For `Source::Image`: the manifest digest the image must have (checked at every start,
+    /// so a layout replaced after admission is refused).
+    pub expect_digest: Option<Sha256>,
     /// Files the task's stdout and stderr are appended to (inherited when `None`).
     pub stdout: Option<PathBuf>,
     /// See `stdout`.
@@ -149,7 +152,7 @@ impl Outcome {
 /// Processes and threads a sandbox's uid may have when no pids limit is given.
 pub const DEFAULT_NPROC: u64 = 1024;
 
-/// Exec decisions kept per sandbox; later ones are only counted.
+/// Exec refusals, and separately allowed execs, kept per sandbox; later ones are only counted.
 pub const MAX_EVENTS: usize = 1000;
 
 /// A prepared root filesystem and its executable index.
@@ -187,6 +190,14 @@ fn prepare(cfg: &Config, id: &str) -> Result<Prepared, SandboxError> {
             private_work_dir(&cfg.work_dir)?;
             let guard = Unpacked(dir.clone());
             let digest = crate::image::unpack(layout, &dir)?;
+            if let Some(want) = &cfg.expect_digest
+                && *want != digest
+            {
+                return Err(SandboxError::Start(format!(
+                    "image {} is {digest}, not the admitted {want}",
+                    layout.display()
+                )));
+            }
             let rootfs = crate::image::prepare_rootfs(&dir)?;
             let index = ExecIndex::build(&rootfs)?;
             Ok(Prepared {
@@ -453,6 +464,7 @@ pub fn start(
     });
     running.cgroup = cgroup;
     if let Err(e) = setup {
+        running.killer.kill();
         let _ = running.child.kill();
         let _ = running.child.wait();
         return Err(e);
@@ -549,9 +561,16 @@ impl Running {
                     self.supervisor = Some(std::thread::spawn(move || {
                         // Bounded: a task looping on refused execs cannot grow the
                         // supervisor's memory or flood its log; the rest are counted.
+                        // Refusals and allowed execs are capped apart, so a task running
+                        // /bin/true in a loop cannot hide a later refusal.
                         let sink = move |e: Event| {
                             let mut ev = events.lock().unwrap_or_else(|p| p.into_inner());
-                            if ev.0.len() < MAX_EVENTS {
+                            let refused = matches!(e, Event::ExecRefused { .. });
+                            let kept =
+                                ev.0.iter()
+                                    .filter(|k| matches!(k, Event::ExecRefused { .. }) == refused)
+                                    .count();
+                            if kept < MAX_EVENTS {
                                 report(&e);
                                 ev.0.push(e);
                             } else {

@@ -49,14 +49,17 @@ pub enum Event {
 impl std::fmt::Display for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Event::ExecAllowed { path, .. } => write!(f, "exec {path}: allowed (verified image)"),
+            Event::ExecAllowed { path, .. } => {
+                write!(f, "exec {}: allowed (verified image)", path.escape_debug())
+            }
             Event::ExecRefused {
                 path,
                 sha256,
                 reason,
                 ..
             } => {
-                write!(f, "drift: refused exec of {path}")?;
+                // Escaped: a path is the task's to choose, control characters included.
+                write!(f, "drift: refused exec of {}", path.escape_debug())?;
                 if let Some(s) = sha256 {
                     write!(f, " (sha256:{s})")?;
                 }
@@ -182,8 +185,18 @@ impl Pinned {
             "root",
             libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
         )?;
+        // The notification names the calling *thread*; a pidfd needs its thread group.
+        let mut status = String::new();
+        std::io::Read::read_to_string(
+            &mut openat(&dir, "status", libc::O_RDONLY | libc::O_CLOEXEC)?,
+            &mut status,
+        )?;
+        let tgid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Tgid:")?.trim().parse().ok())
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH))?;
         // SAFETY: plain integer arguments; returns a new fd or -1.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid, 0) };
         if pidfd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -280,6 +293,21 @@ fn decide(listener: RawFd, n: &libc::seccomp_notif, index: &ExecIndex) -> (i32, 
             );
         }
     };
+    // The image's root is the only mount in a sandbox where anything executes: a descriptor
+    // of anything else (a log file the agent handed over as stdout, say) is refused before
+    // the supervisor so much as inspects its filesystem.
+    match (mount_id(&target), mount_id(&pinned.root)) {
+        (Some(a), Some(b)) if a == b => {}
+        (Some(_), Some(_)) => {
+            return refused(
+                pid,
+                &path,
+                None,
+                "not on the image's root (written or brought in at run time)",
+            );
+        }
+        _ => return refused(pid, &path, None, "cannot inspect its mount"),
+    }
     let file = match readable_executable(&target) {
         Ok(f) => f,
         Err(why) => return refused(pid, &path, None, why),
@@ -296,6 +324,28 @@ fn decide(listener: RawFd, n: &libc::seccomp_notif, index: &ExecIndex) -> (i32, 
     }
 }
 
+/// The mount id of an open file (`statx` `STATX_MNT_ID`).
+fn mount_id(f: &File) -> Option<u64> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    let empty = c"";
+    // SAFETY: `f` is an open descriptor, `empty` NUL-terminated, `stx` a writable statx.
+    let rc = unsafe {
+        libc::statx(
+            f.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statx returned 0, so the struct is initialised.
+    let stx = unsafe { stx.assume_init() };
+    (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
+}
+
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 const SYSFS_MAGIC: i64 = 0x6265_6572;
 
@@ -309,6 +359,9 @@ fn readable_executable(target: &File) -> Result<File, String> {
         .map_err(|e| format!("cannot inspect the file: {e}"))?;
     if !meta.is_file() {
         return Err("not a regular file".into());
+    }
+    if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 == 0 {
+        return Err("not executable (no x bit)".into());
     }
     let mut fs = std::mem::MaybeUninit::<libc::statfs>::zeroed();
     // SAFETY: `target` is an open descriptor; `fs` is a writable statfs.

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <arpa/inet.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -61,6 +62,15 @@ static void expect_refused(const char *what, long rc) {
         printf("ESCAPED: %s (rc=%ld)\n", what, rc);
         escaped = 1;
     }
+}
+
+static void *exec_from_thread(void *arg) {
+    (void)arg;
+    char *const argv[] = {"probe", "hello", NULL};
+    char *const envp[] = {NULL};
+    execve("/bin/probe", argv, envp);
+    printf("thread exec failed: %s\n", strerror(errno));
+    exit(3);
 }
 
 static uint64_t now_ns(void) {
@@ -282,6 +292,12 @@ int main(int argc, char **argv) {
         expect_refused("execve /proc/kmsg", execve("/proc/kmsg", child_argv, envp));
         expect_refused("execve /fifo", execve("/fifo", child_argv, envp));
         expect_refused("execve /dev/tty", execve("/dev/tty", child_argv, envp));
+    } else if (!strcmp(t, "thread-exec")) {
+        /* An exec from a thread other than the main one (Go's syscall.Exec does this). */
+        pthread_t th;
+        pthread_create(&th, NULL, exec_from_thread, NULL);
+        pthread_join(th, NULL);
+        return 3;
     } else if (!strcmp(t, "sleep")) {
         /* argv[3] is a marker the test looks for in /proc to find us. */
         sleep(argc > 2 ? (unsigned)atoi(argv[2]) : 30);
