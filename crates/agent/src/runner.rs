@@ -73,6 +73,9 @@ pub struct RunnerConfig {
     pub uid_count: u32,
     /// Restart backoff.
     pub backoff: Backoff,
+    /// A log larger than this is moved to `<name>.1` (replacing the previous one) before the
+    /// task (re)starts.
+    pub log_max_bytes: u64,
 }
 
 /// Why a task cannot be started.
@@ -332,7 +335,9 @@ impl Runner {
                 .mode(0o700)
                 .create(&work)
                 .map_err(Self::io(&work))?;
-            std::os::unix::fs::chown(&work, Some(uid), Some(uid)).map_err(Self::io(&work))?;
+            // A directory left by an earlier run of this task id may hold files of another uid:
+            // everything in it becomes this task's (symlinks themselves, never their targets).
+            chown_tree(&work, uid).map_err(Self::io(&work))?;
             Ok(work)
         })();
         let work = match prepared {
@@ -379,10 +384,22 @@ impl Runner {
             let running = Arc::clone(&self.running);
             let id = spec.id.clone();
             let backoff = self.cfg.backoff;
+            let log_max_bytes = self.cfg.log_max_bytes;
             std::thread::Builder::new()
                 .name(format!("task {id}"))
                 .spawn(move || {
-                    supervise(&id, &sandbox, backoff, &stop, &killer, &state, &events);
+                    supervise(
+                        &id,
+                        &sandbox,
+                        Policy {
+                            backoff,
+                            log_max_bytes,
+                        },
+                        &stop,
+                        &killer,
+                        &state,
+                        &events,
+                    );
                     release_id(&running, &id);
                 })
                 .map_err(Self::io(&dir))?
@@ -400,6 +417,31 @@ impl Runner {
     }
 }
 
+fn rotate(log: &Path, max: u64) {
+    if std::fs::metadata(log)
+        .map(|m| m.len() > max)
+        .unwrap_or(false)
+    {
+        let mut old = log.as_os_str().to_owned();
+        old.push(".1");
+        let _ = std::fs::rename(log, PathBuf::from(old));
+    }
+}
+
+fn chown_tree(dir: &Path, uid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            chown_tree(&path, uid)?;
+        } else {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(uid))?;
+        }
+    }
+    Ok(())
+}
+
 fn describe(exit: Exit) -> String {
     match exit {
         Exit::Code(c) => format!("exit code {c}"),
@@ -407,10 +449,17 @@ fn describe(exit: Exit) -> String {
     }
 }
 
+/// How a task is restarted and its logs kept.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    backoff: Backoff,
+    log_max_bytes: u64,
+}
+
 fn supervise(
     id: &str,
     cfg: &Config,
-    backoff: Backoff,
+    policy: Policy,
     stop: &AtomicBool,
     killer: &Mutex<Option<Killer>>,
     state: &Mutex<(TaskState, u32)>,
@@ -426,7 +475,7 @@ fn supervise(
         });
     };
     let mut restarts = 0u32;
-    let mut delay = backoff.initial;
+    let mut delay = policy.backoff.initial;
     // Drift is reported as it happens; allowed execs are not news.
     let drift: Arc<dyn Fn(&ringfence_sandbox::supervisor::Event) + Send + Sync> = {
         let events = events.clone();
@@ -448,6 +497,9 @@ fn supervise(
             return;
         }
         set(TaskState::Starting, restarts);
+        for log in [&cfg.stdout, &cfg.stderr].into_iter().flatten() {
+            rotate(log, policy.log_max_bytes);
+        }
         let running = match ringfence_sandbox::start(cfg, Arc::clone(&drift)) {
             Ok(r) => r,
             Err(e) => {
@@ -486,8 +538,8 @@ fn supervise(
             }
             Err(e) => e.to_string(),
         };
-        if began.elapsed() >= backoff.stable_after {
-            delay = backoff.initial;
+        if began.elapsed() >= policy.backoff.stable_after {
+            delay = policy.backoff.initial;
         }
         set(
             TaskState::Backoff {
@@ -505,7 +557,7 @@ fn supervise(
             }
             std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
         }
-        delay = (delay * 2).min(backoff.max);
+        delay = (delay * 2).min(policy.backoff.max);
         restarts = restarts.saturating_add(1);
     }
 }
