@@ -141,6 +141,17 @@ fn run_sandbox(args: RunArgs, verbose: bool) -> anyhow::Result<u8> {
         }
     }
     let network = ringfence_sandbox::net::parse(&args.net)?;
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    for why in ringfence_sandbox::run::uid_conflicts(
+        args.host_uid,
+        &read("/etc/passwd"),
+        &read("/etc/subuid"),
+    ) {
+        eprintln!(
+            "warning: {why}: processes running as it could reach this sandbox; choose a \
+             --host-uid no one else uses"
+        );
+    }
     let source = match (args.rootfs, args.image) {
         (Some(r), _) => Source::Rootfs(r),
         (None, Some(i)) => Source::Image(i),

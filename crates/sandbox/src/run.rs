@@ -653,3 +653,50 @@ pub fn default_work_dir() -> PathBuf {
 pub fn default_cgroup_root() -> &'static Path {
     Path::new("/sys/fs/cgroup")
 }
+
+/// Why `uid` may not be private to a sandbox: a user of that id in `passwd`, or a subordinate
+/// id range in `subuid` that contains it (processes of that user's containers would own the
+/// sandbox's user namespace too). Pure: the caller passes the files' text.
+pub fn uid_conflicts(uid: u32, passwd: &str, subuid: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if let (Some(name), Some(id)) = (f.first(), f.get(2))
+            && id.parse::<u32>().ok() == Some(uid)
+        {
+            out.push(format!("uid {uid} is the user {name} in /etc/passwd"));
+        }
+    }
+    for line in subuid.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if let (Some(name), Some(start), Some(count)) = (f.first(), f.get(1), f.get(2))
+            && let (Ok(start), Ok(count)) = (start.parse::<u64>(), count.parse::<u64>())
+            && (start..start.saturating_add(count)).contains(&u64::from(uid))
+        {
+            out.push(format!(
+                "uid {uid} is in {name}'s subordinate range {start}+{count} in /etc/subuid"
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_conflicts_name_passwd_users_and_subuid_ranges() {
+        let passwd = "root:x:0:0::/root:/bin/sh\nsvc:x:100000:100000::/:/bin/false\n";
+        let subuid = "alice:100000:65536\nbob:300000:65536\n";
+        assert_eq!(
+            uid_conflicts(100_000, passwd, subuid),
+            [
+                "uid 100000 is the user svc in /etc/passwd",
+                "uid 100000 is in alice's subordinate range 100000+65536 in /etc/subuid",
+            ]
+        );
+        assert!(uid_conflicts(900_000, passwd, subuid).is_empty());
+        assert!(uid_conflicts(5, "garbage\n::\n", "x:y:z\n").is_empty());
+    }
+}
