@@ -226,29 +226,21 @@ fn read_blob(dir: &Path, desc: &Descriptor, limit: u64) -> Result<Vec<u8>, OciEr
 
 fn verify_blob(dir: &Path, desc: &Descriptor) -> Result<(), OciError> {
     let path = blob_path(dir, desc)?;
-    let mut file = std::fs::File::open(&path).map_err(io(&path))?;
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut len = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(io(&path))?;
-        if n == 0 {
-            break;
-        }
-        len += n as u64;
-        if len > desc.size {
-            break;
-        }
-        ctx.update(buf.get(..n).unwrap_or_default());
-    }
-    check(desc, len, &Sha256::from_raw(ctx.finish().as_ref()))
+    let file = std::fs::File::open(&path).map_err(io(&path))?;
+    let (got, len) = Sha256::of_reader(file, desc.size).map_err(io(&path))?;
+    check(desc, len, &got)
 }
 
 fn check(desc: &Descriptor, len: u64, got: &Sha256) -> Result<(), OciError> {
     if len != desc.size {
+        let read = if len > desc.size { "more than " } else { "" };
         return Err(OciError::Mismatch {
             digest: desc.digest.clone(),
-            why: format!("{len} bytes, descriptor says {}", desc.size),
+            why: format!(
+                "{read}{} bytes, descriptor says {}",
+                len.min(desc.size),
+                desc.size
+            ),
         });
     }
     if got.to_string() != desc.digest {

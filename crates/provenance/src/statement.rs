@@ -54,6 +54,26 @@ impl Sha256 {
         Self::from_raw(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
     }
 
+    /// The SHA-256 of what `reader` yields, reading at most `limit + 1` bytes; also returns
+    /// how many bytes were read (more than `limit` means the input is longer than allowed,
+    /// and the digest covers only what was read).
+    pub fn of_reader(mut reader: impl std::io::Read, limit: u64) -> std::io::Result<(Self, u64)> {
+        use std::io::Read;
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut buf = vec![0u8; 128 * 1024];
+        let mut len = 0u64;
+        let mut r = reader.by_ref().take(limit.saturating_add(1));
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            len += n as u64;
+            ctx.update(buf.get(..n).unwrap_or_default());
+        }
+        Ok((Self::from_raw(ctx.finish().as_ref()), len))
+    }
+
     /// From the 32 raw bytes of a finished SHA-256 (a streaming hash's output).
     pub fn from_raw(digest: &[u8]) -> Self {
         Self(digest.iter().map(|b| format!("{b:02x}")).collect())

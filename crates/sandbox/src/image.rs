@@ -371,23 +371,10 @@ pub fn check_private_dir(dir: &Path) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// Streams a reader through SHA-256, reading at most `limit` bytes.
-pub fn hash_reader(mut r: impl Read, limit: u64) -> std::io::Result<Option<Sha256>> {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    let mut buf = vec![0u8; 128 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if total > limit {
-            return Ok(None);
-        }
-        ctx.update(buf.get(..n).unwrap_or_default());
-    }
-    Ok(Some(Sha256::from_raw(ctx.finish().as_ref())))
+/// The SHA-256 of a reader, or `None` when it yields more than `limit` bytes.
+fn hash_reader(r: impl Read, limit: u64) -> std::io::Result<Option<Sha256>> {
+    let (sha, len) = Sha256::of_reader(r, limit)?;
+    Ok((len <= limit).then_some(sha))
 }
 
 impl ExecIndex {
