@@ -14,7 +14,6 @@ use serde_json::json;
 
 use crate::stats::figures;
 
-const PROBE_C: &str = include_str!("../../cli/tests/progs/probe.c");
 const PRIVATE_MOUNTS_ENV: &str = "RINGFENCE_BENCH_PRIVATE_MOUNTS";
 
 /// Runs the benchmark (as root).
@@ -57,7 +56,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         .tempdir()?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
     let rootfs = dir.path().join("rootfs");
-    build_rootfs(&rootfs, dir.path())?;
+    build_rootfs(&rootfs)?;
     let bundle_plain = crun_bundle(dir.path(), "crun-plain", &rootfs, false)?;
     let bundle_limits = crun_bundle(dir.path(), "crun-limits", &rootfs, true)?;
     let r = rootfs.to_string_lossy().into_owned();
@@ -362,7 +361,7 @@ fn subst<'a>(args: &[&'a str], tmp: &'a str) -> Vec<&'a str> {
         .collect()
 }
 
-fn build_rootfs(rootfs: &Path, scratch: &Path) -> anyhow::Result<()> {
+fn build_rootfs(rootfs: &Path) -> anyhow::Result<()> {
     let bin = rootfs.join("bin");
     std::fs::create_dir_all(&bin)?;
     for d in ["proc", "tmp", "dev", "sys"] {
@@ -372,17 +371,7 @@ fn build_rootfs(rootfs: &Path, scratch: &Path) -> anyhow::Result<()> {
         .context("/bin/busybox (Debian busybox-static)")?;
     symlink("busybox", bin.join("true"))?;
     symlink("busybox", bin.join("sh"))?;
-    let src = scratch.join("probe.c");
-    std::fs::write(&src, PROBE_C)?;
-    let out = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(bin.join("probe"))
-        .arg(&src)
-        .output()?;
-    if !out.status.success() {
-        bail!("gcc: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
+    ringfence_test_util::probe::build(&bin.join("probe"))
 }
 
 /// An OCI bundle for crun over the same rootfs (read-only), from `crun spec`.

@@ -9,8 +9,7 @@
 )] // test code: a panic is a failure report
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -37,18 +36,7 @@ fn fixture() -> Fixture {
         .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let probe = dir.path().join("probe");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/probe.c");
-    let out = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&probe)
-        .arg(&src)
-        .output()
-        .expect("gcc");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ringfence_test_util::probe::build(&probe).unwrap_or_else(|e| panic!("{e:#}"));
     let bytes = std::fs::read(&probe).unwrap();
     let layer = ringfence_provenance::oci::tar(&[("bin/probe", 0o755, &bytes)]);
     let image = dir.path().join("image");
@@ -212,13 +200,7 @@ fn stopping_a_running_task_ends_its_sandbox() {
         ev.iter()
             .any(|e| matches!(e.state, TaskState::Running { .. }))
     });
-    let alive = || {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .any(|c| String::from_utf8_lossy(&c).contains(&marker))
-    };
+    let alive = || !ringfence_test_util::probe::processes_with(&marker).is_empty();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !alive() {
         assert!(Instant::now() < deadline, "the task never started");

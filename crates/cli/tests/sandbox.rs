@@ -39,18 +39,7 @@ fn rootfs() -> Rootfs {
         .unwrap_or_else(|e| panic!("chmod: {e}"));
     let root = dir.path().join("rootfs");
     std::fs::create_dir_all(root.join("bin")).unwrap_or_else(|e| panic!("mkdir: {e}"));
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/probe.c");
-    let out = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(root.join("bin/probe"))
-        .arg(&src)
-        .output()
-        .unwrap_or_else(|e| panic!("gcc (scripts/install-deps.sh installs it): {e}"));
-    assert!(
-        out.status.success(),
-        "building the probe failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ringfence_test_util::probe::build(&root.join("bin/probe")).unwrap_or_else(|e| panic!("{e:#}"));
     Rootfs { _dir: dir, root }
 }
 
@@ -272,21 +261,23 @@ fn a_syscall_through_the_ia32_abi_kills_the_task() {
     );
 }
 
+/// How many children the fork bomb made before fork failed with EAGAIN, and the stderr.
+fn forks_before_refusal(o: &Output) -> (u32, String) {
+    let (out, err) = text(o);
+    let n = out
+        .trim()
+        .strip_prefix("refused: fork EAGAIN after ")
+        .and_then(|rest| rest.strip_suffix(" children"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no refused fork in:\n{out}\n{err}"));
+    (n, err)
+}
+
 #[test]
 fn a_fork_bomb_is_stopped_by_the_pids_limit() {
     let r = rootfs();
     let o = run_in(&r.root, &["--pids", "16"], &["/bin/probe", "fork-bomb"]);
-    let (out, err) = text(&o);
-    assert!(
-        out.starts_with("refused: fork EAGAIN after "),
-        "{out}\n{err}"
-    );
-    let n: u32 = out
-        .trim()
-        .trim_start_matches("refused: fork EAGAIN after ")
-        .trim_end_matches(" children")
-        .parse()
-        .unwrap_or(999);
+    let (n, err) = forks_before_refusal(&o);
     assert!(n < 16, "{n} children under a limit of 16");
     assert!(
         err.contains("ringfence sandbox: the pids limit refused"),
@@ -467,21 +458,7 @@ fn profile_show_lists_what_is_allowed_supervised_and_refused() {
     assert!(v["rules"].as_array().map(|a| a.len()).unwrap_or(0) > 150);
 }
 
-/// Processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                    cmd.contains(marker)
-                        .then(|| format!("{}: {cmd}", e.file_name().to_string_lossy()))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use ringfence_test_util::probe::processes_with;
 
 #[test]
 fn interrupting_sandbox_run_stops_everything_inside() {
@@ -766,17 +743,7 @@ fn exec_paths_aimed_at_the_supervisor_are_refused_promptly() {
 fn a_fork_bomb_without_limits_still_stops_at_the_process_rlimit() {
     let r = rootfs();
     let o = run_in(&r.root, &[], &["/bin/probe", "fork-bomb"]);
-    let (out, err) = text(&o);
-    assert!(
-        out.starts_with("refused: fork EAGAIN after "),
-        "{out}\n{err}"
-    );
-    let n: u32 = out
-        .trim()
-        .trim_start_matches("refused: fork EAGAIN after ")
-        .trim_end_matches(" children")
-        .parse()
-        .unwrap_or(99_999);
+    let (n, _) = forks_before_refusal(&o);
     assert!(n < 1024, "{n} children with no limit given");
 }
 
