@@ -118,7 +118,6 @@ pub struct Cgroup {
     layout: Layout,
     /// The directories created, one per v1 controller or one for v2.
     dirs: Vec<(&'static str, PathBuf)>,
-    limits: Limits,
 }
 
 impl Cgroup {
@@ -130,7 +129,6 @@ impl Cgroup {
         let mut cg = Cgroup {
             layout: layout.clone(),
             dirs: Vec::new(),
-            limits,
         };
         match layout {
             Layout::V2 => {
@@ -214,11 +212,6 @@ impl Cgroup {
         &self.layout
     }
 
-    /// The limits written.
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// Moves process `pid` into the cgroup(s).
     pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
         for (_, dir) in &self.dirs {
@@ -278,11 +271,6 @@ impl Cgroup {
                     .parse()
                     .ok()
             })
-    }
-
-    /// The cgroup directories (for diagnostics).
-    pub fn dirs(&self) -> impl Iterator<Item = &Path> {
-        self.dirs.iter().map(|(_, d)| d.as_path())
     }
 }
 

@@ -346,13 +346,10 @@ fn mount_id(f: &File) -> Option<u64> {
     (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
 }
 
-const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-const SYSFS_MAGIC: i64 = 0x6265_6572;
-
-/// Checks what `target` (an `O_PATH` or other descriptor) is before reading a byte of it: a
-/// regular file, not on procfs or sysfs, not on a `noexec` mount (the kernel would refuse it
-/// anyway; it is reported without reading it). Returns it opened for reading, without
-/// blocking and without becoming a controlling terminal.
+/// Checks what `target` (an `O_PATH` or other descriptor, already known to be on the image's
+/// root mount — so not on procfs, sysfs or a `noexec` mount) is before reading a byte of it: a
+/// regular file with an execute bit. Returns it opened for reading, without blocking and
+/// without becoming a controlling terminal.
 fn readable_executable(target: &File) -> Result<File, String> {
     let meta = target
         .metadata()
@@ -362,29 +359,6 @@ fn readable_executable(target: &File) -> Result<File, String> {
     }
     if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 == 0 {
         return Err("not executable (no x bit)".into());
-    }
-    let mut fs = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: `target` is an open descriptor; `fs` is a writable statfs.
-    if unsafe { libc::fstatfs(target.as_raw_fd(), fs.as_mut_ptr()) } != 0 {
-        return Err("cannot inspect its filesystem".into());
-    }
-    // SAFETY: fstatfs returned 0, so the struct is initialised.
-    let fs = unsafe { fs.assume_init() };
-    let magic = fs.f_type;
-    if magic == PROC_SUPER_MAGIC || magic == SYSFS_MAGIC {
-        return Err("a /proc or /sys file is never executed".into());
-    }
-    let mut vfs = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `target` is an open descriptor; `vfs` is a writable statvfs.
-    if unsafe { libc::fstatvfs(target.as_raw_fd(), vfs.as_mut_ptr()) } != 0 {
-        return Err("cannot inspect its mount".into());
-    }
-    // SAFETY: fstatvfs returned 0, so the struct is initialised.
-    let vfs = unsafe { vfs.assume_init() };
-    if vfs.f_flag & libc::ST_NOEXEC != 0 {
-        return Err(
-            "on a noexec mount: written at run time (the kernel refuses it as well)".into(),
-        );
     }
     open_path(
         &format!("/proc/self/fd/{}", target.as_raw_fd()),
