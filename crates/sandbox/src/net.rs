@@ -204,9 +204,28 @@ pub fn configure(net: &Network) -> std::io::Result<()> {
     ioctl(&sock, libc::SIOCADDRT, &mut route, "default route")
 }
 
+/// The host end of a sandbox's veth pair, deleted (with its peer) when dropped.
+///
+/// The kernel would remove the pair when the sandbox's network namespace goes, but it does so
+/// asynchronously, after the sandbox has been reported ended; deleting it here means an ended
+/// sandbox never leaves its link (and its address) behind on the host.
+#[derive(Debug)]
+pub struct HostLink(String);
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        // Already gone with the namespace is as good as deleted: the result is not needed.
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// Creates the veth pair for the sandbox whose init is `pid`: the host end `host_if` with the
 /// gateway address, the other end moved into the sandbox's network namespace as `eth0`.
-pub fn create_veth(host_if: &str, pid: u32, v: &Veth) -> Result<(), String> {
+pub fn create_veth(host_if: &str, pid: u32, v: &Veth) -> Result<HostLink, String> {
     let run = |args: &[&str]| -> Result<(), String> {
         let out = std::process::Command::new("ip")
             .args(args)
@@ -226,9 +245,11 @@ pub fn create_veth(host_if: &str, pid: u32, v: &Veth) -> Result<(), String> {
     run(&[
         "link", "add", host_if, "type", "veth", "peer", "name", INSIDE_IF, "netns", &pid,
     ])?;
+    let link = HostLink(host_if.to_owned());
     let addr = format!("{}/{}", v.host, v.prefix);
     run(&["addr", "add", &addr, "dev", host_if])?;
-    run(&["link", "set", host_if, "up"])
+    run(&["link", "set", host_if, "up"])?;
+    Ok(link)
 }
 
 #[cfg(test)]

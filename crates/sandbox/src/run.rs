@@ -282,6 +282,7 @@ pub struct Running {
     report: Arc<dyn Fn(&Event) + Send + Sync>,
     landlock: String,
     supervisor: Option<std::thread::JoinHandle<()>>,
+    host_link: Option<crate::net::HostLink>,
 }
 
 impl std::fmt::Debug for Running {
@@ -411,6 +412,7 @@ pub fn start(
         report,
         landlock: String::new(),
         supervisor: None,
+        host_link: None,
     };
     let cgroup = running.cgroup.take();
     let setup = std::thread::scope(|scope| -> Result<(), SandboxError> {
@@ -425,8 +427,9 @@ pub fn start(
         write("uid_map", format!("0 {} 1\n", cfg.host_uid))?;
         write("gid_map", format!("0 {} 1\n", cfg.host_gid))?;
         if let crate::net::Network::Veth(v) = &cfg.network {
-            crate::net::create_veth(&crate::net::host_if_name(&id), pid, v)
+            let link = crate::net::create_veth(&crate::net::host_if_name(&id), pid, v)
                 .map_err(|e| SandboxError::Start(format!("network: {e}")))?;
+            running.host_link = Some(link);
         }
         if let Some(handle) = attach.take() {
             handle
@@ -605,6 +608,7 @@ impl Running {
             .child
             .wait()
             .map_err(|e| SandboxError::Start(format!("waiting for the sandbox: {e}")))?;
+        drop(self.host_link.take());
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.supervisor.take() {
             let _ = h.join();
