@@ -1,10 +1,12 @@
-//! The Ringfence node agent. Today: the task runner, which runs each admitted task in the
-//! runtime sandbox under a host uid of its own and restarts it with backoff when it crashes.
-//! Registration with the control plane, assignments, Workload API sockets and status reports
-//! come with the spine.
+//! The Ringfence node agent: registers its machine with the control plane, follows its
+//! assignments, runs each admitted task in the runtime sandbox under a host uid of its own
+//! (restarted with backoff when it crashes), serves each task a Workload API socket of its own
+//! with the SVID the CA issued for it, and reports every task's state.
 
+pub mod node;
 pub mod runner;
 
+pub use node::{AgentConfig, ControlPlaneApi};
 pub use runner::{
     Backoff, Runner, RunnerConfig, RunnerError, TaskEvent, TaskHandle, TaskSpec, TaskState,
 };

@@ -37,6 +37,8 @@ pub struct TaskSpec {
     pub limits: Limits,
     /// Syscall profile name.
     pub profile: String,
+    /// Host directories bound into the sandbox besides `/work` (the Workload API socket's).
+    pub volumes: Vec<Volume>,
 }
 
 /// Restart backoff.
@@ -365,11 +367,13 @@ impl Runner {
             work_dir: self.cfg.root.join("images"),
             cgroup_root: ringfence_sandbox::run::default_cgroup_root().to_owned(),
             network: ringfence_sandbox::net::Network::None,
-            volumes: vec![Volume {
+            volumes: std::iter::once(Volume {
                 host: work,
                 inside: "/work".into(),
                 read_only: false,
-            }],
+            })
+            .chain(spec.volumes.iter().cloned())
+            .collect(),
             expect_digest: Some(spec.digest.clone()),
             stdout: Some(dir.join("stdout.log")),
             stderr: Some(dir.join("stderr.log")),

@@ -143,12 +143,7 @@ pub async fn run(cmd: IdentityCommand, settings: &Settings) -> Result<u8> {
                 .iter()
                 .map(|c| pem_certificate(c))
                 .collect();
-            CaSet::new(ca)
-                .save(&dir)
-                .with_context(|| format!("cannot write the CA into {}", dir.display()))?;
-            let jwt = JwtIssuer::generate(td.clone())?;
-            write_secret_pem(&dir.join("jwt.key"), jwt.pkcs8())?;
-            std::fs::write(dir.join("trust-domain"), format!("{td}\n"))?;
+            save_new_ca(&dir, ca)?;
             print!("{cert_pem}");
             Ok(exit::SUCCESS)
         }
@@ -288,6 +283,18 @@ impl IssuanceAuthority for Given {
     }
 }
 
+/// Writes a new CA into `dir`: its key and certificate, a JWT signing key, the trust domain.
+pub(crate) fn save_new_ca(dir: &Path, ca: Ca) -> Result<()> {
+    let td = ca.trust_domain().clone();
+    CaSet::new(ca)
+        .save(dir)
+        .with_context(|| format!("cannot write the CA into {}", dir.display()))?;
+    let jwt = JwtIssuer::generate(td.clone())?;
+    write_secret_pem(&dir.join("jwt.key"), jwt.pkcs8())?;
+    std::fs::write(dir.join("trust-domain"), format!("{td}\n"))?;
+    Ok(())
+}
+
 fn write_secret_pem(path: &Path, pkcs8: &[u8]) -> Result<()> {
     let pem = ringfence_identity::pem_lf(&pem::Pem::new("PRIVATE KEY", pkcs8.to_vec()));
     crate::secrets::write_new(path, pem.as_bytes())
@@ -310,7 +317,7 @@ fn trust_domain(dir: &Path) -> Result<TrustDomain> {
     TrustDomain::parse(td_text.trim()).context("invalid trust-domain file")
 }
 
-fn load_set(dir: &Path, ttl: Duration) -> Result<CaSet> {
+pub(crate) fn load_set(dir: &Path, ttl: Duration) -> Result<CaSet> {
     Ok(CaSet::load(dir, trust_domain(dir)?, ttl)?)
 }
 

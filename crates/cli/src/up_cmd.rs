@@ -1,10 +1,13 @@
-//! `ringfence up`: everything that runs today, on one machine, with embedded defaults — the
-//! Store and the audit log in the data directory, and Binary Authorization admitting a small
-//! demo application: three services whose images are OCI layouts built locally, with SLSA
-//! provenance and code reviews signed by clearly labelled local demo keys. It then keeps
-//! continuous verification running until Ctrl-C. Running it again resumes the same state.
+//! `ringfence up`: the whole chain on one machine, with embedded defaults — the Store, the
+//! audit log and the CA in the data directory; the control plane; four local agents as
+//! machines (one foundational, two production, one development); and a small demo application:
+//! three services whose images are OCI layouts built locally, with SLSA provenance and code
+//! reviews signed by clearly labelled local demo keys. Each job goes through Binary
+//! Authorization, is placed under the Workload Security Rings, runs in the sandbox on its
+//! machine, and obtains its SVID from the CA. A live status table follows the tasks; then
+//! continuous verification runs until Ctrl-C. Running it again resumes the same state.
 //!
-//! The control plane, agents and the mesh join this command as they land.
+//! The mesh joins this command when it lands.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,13 +16,18 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use ringfence_admission::report;
 use ringfence_admission::verdict::{Attestation, Request};
+use ringfence_agent::node::{AgentConfig, ControlPlaneApi};
+use ringfence_agent::{Backoff, RunnerConfig};
 use ringfence_bab::Gate;
 use ringfence_bab::artifacts::ArtifactStore;
 use ringfence_bab::manifest::JobManifest;
 use ringfence_bab::notify::Outbox;
-use ringfence_core::{Clock, SpiffeId, SystemClock};
+use ringfence_controlplane::{ControlPlane, JobState, Registration};
+use ringfence_core::{Clock, SpiffeId, SystemClock, TrustDomain};
+use ringfence_identity::{Ca, IssuanceService};
 use ringfence_provenance::dsse::{self, SigningKey};
 use ringfence_provenance::{oci, review, slsa, statement};
+use ringfence_sched::{Pool, Resources};
 use ringfence_store::open_store;
 use serde_json::json;
 
@@ -29,10 +37,25 @@ use crate::exit;
 const DEMO_COMMIT: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 const DEMO_BUILDER: &str = "https://demo-builder.ringfence.local/v1";
 const DEMO_REPO: &str = "https://git.ringfence.local/demo";
+const TRUST_DOMAIN: &str = "ringfence.local";
+const BUSYBOX: &str = "/bin/busybox";
+/// Host uids for the demo tasks: a range of their own per local agent.
+const UID_BASE: u32 = 2_100_000;
+const UIDS_PER_AGENT: u32 = 64;
+
+const STEPS: u8 = 7;
 
 fn step(n: u8, what: &str) {
-    println!("[{n}/5] {what}");
+    println!("[{n}/{STEPS}] {what}");
 }
+
+/// The local machines: id and pool.
+const MACHINES: [(&str, Pool); 4] = [
+    ("found-1", Pool::Foundational),
+    ("prod-1", Pool::Production),
+    ("prod-2", Pool::Production),
+    ("dev-1", Pool::Development),
+];
 
 fn demo_key(dir: &Path, name: &str) -> Result<SigningKey> {
     let path = dir.join(format!("{name}.key"));
@@ -81,8 +104,19 @@ fn write_if_changed(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Signs `stmt` into `path` unless the envelope there already covers the same subjects (so a
+/// rerun keeps its attestations, and a rebuilt image gets new ones).
 fn sign_once(path: &Path, stmt: &serde_json::Value, keys: &[&SigningKey]) -> Result<()> {
-    if !path.exists() {
+    let same_subjects = || -> Option<bool> {
+        use base64::Engine as _;
+        let env: dsse::Envelope = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(env.payload)
+            .ok()?;
+        let old: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+        Some(old.get("subject") == stmt.get("subject"))
+    };
+    if same_subjects() != Some(true) {
         let env = dsse::sign(statement::PAYLOAD_TYPE, &serde_json::to_vec(stmt)?, keys)?;
         std::fs::write(path, serde_json::to_vec_pretty(&env)?)?;
     }
@@ -107,6 +141,8 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
         );
     }
     let log = crate::audit_cmd::open_log_on(Arc::clone(&store), &audit_dir).await?;
+    let _publisher = log.spawn_publisher();
+    let audit: Arc<dyn ringfence_audit::AuditSink> = Arc::new(log);
 
     step(
         2,
@@ -130,13 +166,20 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
         "demo images (OCI layouts), signed provenance and reviews, into the artifact store",
     );
     let artifacts = ArtifactStore::open(&data.join("artifacts"))?;
+    // The demo services are shell scripts; their images carry a static busybox to run them.
+    let busybox = std::fs::read(BUSYBOX).with_context(|| {
+        format!("the demo images need a static busybox at {BUSYBOX} (Debian: busybox-static)")
+    })?;
     let mut jobs = Vec::new();
     for svc in &SERVICES {
         let script = format!(
-            "#!/bin/sh\necho \"{} (Ringfence demo) listening\"\nexec sleep 3600\n",
+            "#!/bin/busybox sh\necho \"{} (Ringfence demo) started\"\n/bin/busybox test -S /run/spiffe/workload.sock && echo \"its Workload API: $SPIFFE_ENDPOINT_SOCKET\"\nexec /bin/busybox sleep 86400\n",
             svc.name
         );
-        let layer = oci::tar(&[(&format!("bin/{}", svc.name), 0o755, script.as_bytes())]);
+        let layer = oci::tar(&[
+            ("bin/busybox", 0o755, busybox.as_slice()),
+            (&format!("bin/{}", svc.name), 0o755, script.as_bytes()),
+        ]);
         let layout = demo.join(format!("{}-oci", svc.name));
         let digest = oci::write_layout(
             &layout,
@@ -199,13 +242,10 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
             .collect::<Result<Vec<_>>>()?;
         let pushed = artifacts.push(&layout, &atts, SystemClock.now())?;
         println!("      {:<7} {}", svc.name, pushed.record.digest);
-        jobs.push((svc, job, atts));
+        jobs.push((svc, job_path, atts));
     }
 
-    step(
-        4,
-        "service policies, then admission of each job (every verdict in the audit log)",
-    );
+    step(4, "service policies (Binary Authorization)");
     let mut notify = settings.notify_config();
     notify
         .sinks
@@ -217,7 +257,7 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
     let actor = SpiffeId::parse("spiffe://ringfence.local/ringfence/admission")?;
     let gate = Gate::new(
         Arc::clone(&store),
-        Arc::new(log),
+        Arc::clone(&audit),
         outbox,
         Arc::new(SystemClock),
         actor,
@@ -247,7 +287,122 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
         write_if_changed(&path, yaml.as_bytes())?;
         gate.apply_policy(&yaml, "ringfence-up").await?;
     }
-    for (svc, job, atts) in &jobs {
+
+    step(
+        5,
+        "the CA, the control plane, and four local agents as machines",
+    );
+    let id_dir = data.join("identity");
+    if !id_dir.join("ca.key").exists() {
+        let td = TrustDomain::parse(TRUST_DOMAIN)?;
+        let ca = Ca::generate(td, SystemClock.now(), Duration::from_secs(365 * 86_400))?;
+        crate::identity_cmd::save_new_ca(&id_dir, ca)?;
+        println!(
+            "      created the CA for {TRUST_DOMAIN} in {}",
+            id_dir.display()
+        );
+    }
+    let ca = Arc::new(crate::identity_cmd::load_set(
+        &id_dir,
+        Duration::from_secs(3600),
+    )?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let cp = ControlPlane::new(
+        Arc::clone(&store),
+        Arc::clone(&audit),
+        gate.clone(),
+        Arc::clone(&clock),
+        ringfence_controlplane::Settings::new(ca.trust_domain().clone()),
+    )?;
+    let issuance = Arc::new(IssuanceService::new(
+        Arc::clone(&ca),
+        cp.authority(),
+        Arc::clone(&audit),
+        Arc::clone(&clock),
+    )?);
+    // Placements from an earlier run are authorized from the start.
+    cp.refresh().await?;
+    for (id, pool) in MACHINES {
+        cp.assign_pool(id, pool, "ringfence-up").await?;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let local: Arc<dyn ControlPlaneApi> = Arc::new(ringfence_agent::node::Local {
+        cp: cp.clone(),
+        artifacts: artifacts.clone(),
+        issuance,
+    });
+    let mut agents = Vec::new();
+    let can_run = can_run_tasks();
+    match &can_run {
+        Ok(()) => {
+            let init = std::env::current_exe().context("cannot find the ringfence binary")?;
+            for (i, (id, _)) in MACHINES.iter().enumerate() {
+                let cfg = AgentConfig {
+                    registration: Registration {
+                        machine: (*id).to_owned(),
+                        capacity: Resources {
+                            cpu_milli: 2000,
+                            memory_mib: 2048,
+                        },
+                        address: "127.0.0.1".into(),
+                    },
+                    runner: RunnerConfig {
+                        root: data.join("agents").join(id),
+                        init_program: init.clone(),
+                        uid_base: UID_BASE + (i as u32) * UIDS_PER_AGENT,
+                        uid_count: UIDS_PER_AGENT,
+                        backoff: Backoff::default(),
+                        log_max_bytes: 1 << 20,
+                    },
+                    poll: Duration::from_millis(300),
+                    profile: "default".into(),
+                };
+                agents.push(tokio::spawn(ringfence_agent::node::run(
+                    Arc::clone(&local),
+                    cfg,
+                    Arc::clone(&clock),
+                    stop_rx.clone(),
+                )));
+            }
+            // Wait for the agents to register before placing anything.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                let now = clock.now();
+                let alive = cp
+                    .machines()
+                    .await?
+                    .iter()
+                    .filter(|m| now.since(m.last_seen) < Duration::from_secs(2))
+                    .count();
+                if alive >= MACHINES.len() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for (id, pool) in MACHINES {
+                println!("      {id:<8} {pool} pool (on the control plane's own host)");
+            }
+        }
+        Err(why) => println!("      tasks will not run here: {why}"),
+    }
+
+    step(
+        6,
+        "jobs: admission, then placement (every verdict and placement in the audit log)",
+    );
+    for (svc, job_path, atts) in &jobs {
+        let manifest = std::fs::read(job_path)?;
+        // Running again resumes: a job already placed from this very manifest stays as it is.
+        if let Ok(existing) = cp.job("demo", &format!("{}-1", svc.name)).await
+            && existing.manifest.as_bytes() == manifest.as_slice()
+            && matches!(existing.state, JobState::Placed | JobState::Pending(_))
+        {
+            println!(
+                "      {:<7} already admitted and placed ({})",
+                svc.name, existing.state
+            );
+            continue;
+        }
         let atts: Vec<Attestation> = atts
             .iter()
             .map(|(name, bytes)| {
@@ -257,38 +412,187 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
                 })
             })
             .collect::<Result<_>>()?;
-        let v = gate
-            .admit(job, &atts, &Request::Normal, "ringfence-up")
+        let job = cp
+            .submit(&manifest, &atts, &Request::Normal, "ringfence-up")
             .await?;
+        let admitted = job.admission.is_some() && !matches!(job.state, JobState::Refused(_));
+        let basis = job.verdict.split([':', ' ']).next().unwrap_or_default();
+        let place = match &job.state {
+            JobState::Placed => format!(
+                "placed on {}",
+                job.tasks
+                    .iter()
+                    .filter_map(|t| t.machine.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            other => other.to_string(),
+        };
         println!(
-            "      {:<7} {} ({})",
+            "      {:<7} {} ({basis}), {place}",
             svc.name,
-            if v.admit { "admitted" } else { "DENIED" },
-            v.basis
+            if admitted { "admitted" } else { "DENIED" },
         );
     }
 
-    step(5, "conformance report");
+    step(7, "tasks (live; each in the sandbox with its own SVID)");
+    if can_run.is_ok() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut last = String::new();
+        loop {
+            let (table, done, failed) = status_table(&cp).await?;
+            if table != last {
+                for line in table.lines() {
+                    println!("      {line}");
+                }
+                println!();
+                last = table;
+            }
+            if done {
+                println!("      every task runs with its SVID");
+                break;
+            }
+            if failed {
+                println!(
+                    "      a task could not start (DETAIL says why); its agent does not retry it until its job changes"
+                );
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                println!(
+                    "      not every task is running with its SVID after 60 s; see the agents' logs under {}/agents",
+                    data.display()
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
     let r = gate.report().await?;
+    println!("      Binary Authorization conformance:");
     for line in report::table(&r).lines() {
         println!("      {line}");
     }
     let d = data.display();
     println!(
-        "\nTry next:\n  ringfence --data-dir {d} bab report                      # the report again (--output json)\n  ringfence --data-dir {d} audit tail                      # every verdict, in the tamper-evident log\n  ringfence --data-dir {d} audit verify                    # recompute the log and check its signatures\n  ringfence --data-dir {d} artifact list                   # the demo images and their attestations\n  ringfence --data-dir {d} attest verify --policy {d}/demo/web.policy.yaml --image {d}/demo/web-oci \\\n      --repository registry.ringfence.local/demo/web --job {d}/demo/jobs/web.yaml\n  ringfence --data-dir {d} bab admit --job {d}/demo/jobs/worker.yaml --break-glass \"INC-1: demo\"\n  cat {d}/notifications/*.jsonl                             # what the security team and the owners were told\n"
+        "\nTry next:\n  ringfence --data-dir {d} bab report                      # the report again (--output json)\n  ringfence --data-dir {d} audit tail                      # every verdict, placement and SVID, in the tamper-evident log\n  ringfence --data-dir {d} audit verify                    # recompute the log and check its signatures\n  ringfence --data-dir {d} artifact list                   # the demo images and their attestations\n  cat {d}/agents/prod-1/tasks/*/stdout.log                   # what the demo tasks printed\n  ringfence --data-dir {d} attest verify --policy {d}/demo/web.policy.yaml --image {d}/demo/web-oci \\\n      --repository registry.ringfence.local/demo/web --job {d}/demo/jobs/web.yaml\n  ringfence --data-dir {d} bab admit --job {d}/demo/jobs/worker.yaml --break-glass \"INC-1: demo\"\n  cat {d}/notifications/*.jsonl                             # what the security team and the owners were told\n(commands that open the embedded store work while `ringfence up` is stopped)\n"
     );
-    if once {
-        return Ok(exit::SUCCESS);
+    if !once {
+        let ctrl_c = stop_tx.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            let _ = ctrl_c.send(true);
+        });
+        println!(
+            "Running: continuous verification (every policy change, and at least daily), the agents and their tasks. Ctrl-C stops."
+        );
+        let mut live = stop_rx.clone();
+        let plane = cp.clone();
+        let cv =
+            tokio::spawn(async move { plane.run(Duration::from_secs(24 * 3600), stop_rx).await });
+        let mut last = String::new();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = live.changed() => {}
+            }
+            if *live.borrow() {
+                break;
+            }
+            if can_run.is_ok() {
+                let (table, _, _) = status_table(&cp).await?;
+                if table != last {
+                    for line in table.lines() {
+                        println!("      {line}");
+                    }
+                    last = table;
+                }
+            }
+        }
+        match cv.await {
+            Ok(r) => r?,
+            Err(e) => anyhow::bail!("the control plane stopped: {e}"),
+        }
     }
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        let _ = tx.send(true);
-    });
-    println!(
-        "Continuous verification is running (every policy change, and at least daily). Ctrl-C stops."
-    );
-    gate.watch(Duration::from_secs(24 * 3600), rx).await?;
-    println!("stopped; run `ringfence up` again to resume");
+    let _ = stop_tx.send(true);
+    for a in agents {
+        match a.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("an agent stopped with an error: {e}"),
+            Err(e) => eprintln!("an agent failed: {e}"),
+        }
+    }
+    if once {
+        println!("stopped the agents and their tasks (--once)");
+    } else {
+        println!("stopped; run `ringfence up` again to resume");
+    }
     Ok(exit::SUCCESS)
+}
+
+/// Why this host cannot run the demo tasks in the sandbox, if it cannot.
+fn can_run_tasks() -> std::result::Result<(), String> {
+    // The sandbox maps each task's root to a host uid of its own, which needs root.
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .unwrap_or_default();
+    if uid != "0" {
+        return Err(
+            "the sandbox needs root to give each task a uid of its own (run as root)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// The tasks' table, whether every placed task is running with an SVID, and whether one
+/// failed to start.
+async fn status_table(cp: &ControlPlane) -> Result<(String, bool, bool)> {
+    let statuses = cp.task_statuses().await?;
+    let pools: std::collections::BTreeMap<String, String> = cp
+        .machines()
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m.pool.to_string()))
+        .collect();
+    let mut out = format!(
+        "{:<24} {:<9} {:<12} {:<10} {:<5} {:>8}  DETAIL\n",
+        "TASK", "MACHINE", "POOL", "STATE", "SVID", "RESTARTS"
+    );
+    let mut done = true;
+    let mut failed = false;
+    for job in cp.jobs().await? {
+        for t in &job.tasks {
+            let machine = t.machine.clone().unwrap_or_else(|| "-".into());
+            let s = statuses.get(&t.id).filter(|s| s.machine == machine);
+            let (state, svid, restarts, detail) = match s {
+                Some(s) => (
+                    s.report.state.as_str(),
+                    if s.report.svid { "yes" } else { "no" },
+                    s.report.restarts,
+                    s.report.detail.as_str(),
+                ),
+                None if t.machine.is_none() => ("pending", "no", 0, ""),
+                None => ("assigned", "no", 0, ""),
+            };
+            if state != "running" || svid != "yes" {
+                done = false;
+            }
+            failed |= state == "failed";
+            out.push_str(&format!(
+                "{:<24} {:<9} {:<12} {:<10} {:<5} {:>8}  {detail}\n",
+                t.id,
+                machine,
+                pools.get(&machine).map_or("-", String::as_str),
+                state,
+                svid,
+                restarts
+            ));
+        }
+    }
+    Ok((out, done, failed))
 }

@@ -76,6 +76,7 @@ fn spec(f: &Fixture, id: &str, args: &[&str]) -> TaskSpec {
         env: vec!["ROLE=test".into()],
         limits: Default::default(),
         profile: "default".into(),
+        volumes: Vec::new(),
     }
 }
 

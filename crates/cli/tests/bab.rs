@@ -585,11 +585,15 @@ fn up_admits_the_demo_application_and_resumes_the_same_state() {
     let d = tmp.path();
     let first = ok(d, &["up", "--once"]);
     for want in [
-        "[1/5] store and audit log",
+        "[1/7] store and audit log",
         "LOCAL DEMO KEYS",
-        "web     admitted (compliant)",
-        "worker  admitted (dry-run)",
-        "docs    admitted (allow-all)",
+        "prod-1   production pool",
+        "found-1  foundational pool",
+        "web     admitted (compliant), placed on prod-",
+        "worker  admitted (dry-run), placed on prod-",
+        "docs    admitted (allow-all), placed on prod-",
+        "every task runs with its SVID",
+        "stopped the agents and their tasks (--once)",
         "would break if enforced",
         "[config-reviewed]",
         "Try next:",
@@ -605,6 +609,26 @@ fn up_admits_the_demo_application_and_resumes_the_same_state() {
     // Again: the same images (by digest), the same policies, no duplicate running jobs.
     let second = ok(d, &["up", "--once"]);
     assert!(!second.contains("created the audit log key"));
+    assert!(!second.contains("created the CA"));
+    assert!(
+        second.contains("web     already admitted and placed (placed)"),
+        "{second}"
+    );
+    assert!(second.contains("every task runs with its SVID"), "{second}");
+    // Each task ran in its sandbox and found its own Workload API socket there.
+    let tasks: Vec<_> = std::fs::read_dir(d.join(".ringfence/agents/prod-1/tasks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(tasks.len(), 3, "{tasks:?}");
+    for t in &tasks {
+        let log = std::fs::read_to_string(t.join("stdout.log")).unwrap();
+        assert!(
+            log.contains("its Workload API: unix:///run/spiffe/workload.sock"),
+            "{}: {log}",
+            t.display()
+        );
+    }
     assert_eq!(digests(&first), digests(&second));
     let report: serde_json::Value =
         serde_json::from_str(&ok(d, &["bab", "report", "--output", "json"])).unwrap();
@@ -617,10 +641,14 @@ fn up_admits_the_demo_application_and_resumes_the_same_state() {
     assert_eq!(jobs, 3);
     // The audit log holds every verdict and verifies.
     let tail = ok(d, &["audit", "tail", "-n", "100"]);
-    assert!(
-        tail.contains("bab.admit") && tail.contains("would_deny"),
-        "{tail}"
-    );
+    for want in [
+        "bab.admit",
+        "would_deny",
+        "job.place demo.web.web-1.0 placed on prod-",
+        "identity.issue spiffe://ringfence.local/ns/demo/svc/web issued",
+    ] {
+        assert!(tail.contains(want), "missing {want:?} in:\n{tail}");
+    }
     ok(d, &["audit", "verify"]);
     // The suggested break-glass works, and the security team's file sink hears of it.
     let out = exits(
@@ -659,7 +687,7 @@ fn up_runs_until_ctrl_c_and_stops_cleanly() {
     let mut running = false;
     while std::time::Instant::now() < deadline {
         match lines.next() {
-            Some(Ok(l)) if l.starts_with("Continuous verification is running") => {
+            Some(Ok(l)) if l.starts_with("Running: continuous verification") => {
                 running = true;
                 break;
             }

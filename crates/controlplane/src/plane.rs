@@ -332,10 +332,14 @@ impl ControlPlane {
             .with_detail("address", &reg.address),
         )
         .await?;
-        self.inner
-            .store
-            .put(&k, json(&record)?, Expect::Any)
-            .await?;
+        // A (re)starting agent knows nothing of its tasks yet: forget what it said before.
+        let mut txn = Txn::new().put(k, json(&record)?);
+        for (task, s) in self.task_statuses().await?.into_iter().take(60) {
+            if s.machine == reg.machine {
+                txn = txn.delete(key(&["cp", "tasks", &task])?);
+            }
+        }
+        self.inner.store.txn(txn).await?;
         Ok(record)
     }
 
@@ -653,7 +657,12 @@ impl ControlPlane {
         let mut txn = Txn::new().put(k.clone(), json(record)?);
         if let Some(old) = self.get::<JobRecord>(&k).await? {
             for t in &old.tasks {
-                if let Some(m) = &t.machine {
+                // An assignment that stays where it is is overwritten below, not deleted.
+                let kept = record
+                    .tasks
+                    .iter()
+                    .any(|n| n.id == t.id && n.machine == t.machine);
+                if let Some(m) = t.machine.as_ref().filter(|_| !kept) {
                     txn = txn.delete(key(&["cp", "assignments", m, &t.id])?);
                 }
             }

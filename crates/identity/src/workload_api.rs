@@ -94,6 +94,7 @@ impl X509Material {
 pub struct WorkloadApi {
     x509: watch::Receiver<Option<X509Material>>,
     jwt: Option<Arc<JwtContext>>,
+    owner: Option<u32>,
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -101,7 +102,18 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl WorkloadApi {
     /// A service that serves whatever `x509` holds.
     pub fn new(x509: watch::Receiver<Option<X509Material>>) -> Self {
-        Self { x509, jwt: None }
+        Self {
+            x509,
+            jwt: None,
+            owner: None,
+        }
+    }
+
+    /// The socket file is handed to this uid (and its gid of the same number) once bound, so
+    /// only that workload (and root) can connect.
+    pub fn with_socket_owner(mut self, uid: u32) -> Self {
+        self.owner = Some(uid);
+        self
     }
 
     /// Also serves JWT-SVIDs.
@@ -131,6 +143,9 @@ impl WorkloadApi {
         }
         let listener = tokio::net::UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        if let Some(uid) = self.owner {
+            std::os::unix::fs::lchown(path, Some(uid), Some(uid))?;
+        }
         let service = SpiffeWorkloadApiServer::with_interceptor(self, check_security_header);
         // Each client connection goes through the authority bridge (see `authority_fix`) to
         // the gRPC server over an in-memory pipe.

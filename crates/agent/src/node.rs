@@ -1,0 +1,366 @@
+//! The node agent's main loop: register the machine, follow its assignments, fetch each
+//! task's image by the admitted digest, run the task in the sandbox with a Workload API socket
+//! of its own (the task's SVID obtained by CSR from the CA), report every task's state, and
+//! stop what is no longer assigned.
+//!
+//! The agent holds no decision: what it runs is what the control plane assigned, and the CA
+//! asks the control plane again before it signs anything this agent requests.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ringfence_controlplane::{Assignment, MachineRecord, Registration, TaskReport};
+use ringfence_core::{Clock, MachineId};
+use ringfence_identity::IssuanceService;
+use ringfence_identity::workload_api::{WorkloadApi, X509Material, run_rotator};
+use ringfence_provenance::oci::ImageLayout;
+use ringfence_provenance::statement::Sha256;
+use ringfence_sandbox::cgroup::Limits;
+use ringfence_sandbox::setup::Volume;
+use tokio::sync::watch;
+
+use crate::runner::{Runner, RunnerConfig, TaskEvent, TaskHandle, TaskSpec, TaskState};
+
+/// Where a task finds its Workload API socket.
+pub const SOCKET_DIR_INSIDE: &str = "/run/spiffe";
+/// The socket's file name (`SPIFFE_ENDPOINT_SOCKET=unix:///run/spiffe/workload.sock`).
+pub const SOCKET_NAME: &str = "workload.sock";
+
+/// What an agent needs from the control plane.
+#[async_trait]
+pub trait ControlPlaneApi: Send + Sync {
+    /// Registers this machine.
+    async fn register(&self, reg: &Registration) -> Result<MachineRecord, String>;
+    /// This machine's assignments.
+    async fn assignments(&self, machine: &str) -> Result<Vec<Assignment>, String>;
+    /// Reports task states (and is the machine's heartbeat).
+    async fn report(&self, machine: &str, reports: &[TaskReport]) -> Result<(), String>;
+    /// Writes the image with manifest digest `digest` as an OCI layout into `dir`.
+    async fn fetch_image(&self, digest: &Sha256, dir: &Path) -> Result<(), String>;
+    /// The CA this agent sends its tasks' CSRs to.
+    fn issuance(&self) -> Arc<IssuanceService>;
+}
+
+/// The agent's settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The registration it sends.
+    pub registration: Registration,
+    /// The task runner's settings (`root` holds tasks, images and sockets).
+    pub runner: RunnerConfig,
+    /// How often it looks at its assignments and reports.
+    pub poll: Duration,
+    /// Syscall profile for every task.
+    pub profile: String,
+}
+
+struct Running {
+    assignment: Assignment,
+    handle: Option<TaskHandle>,
+    api: tokio::task::JoinHandle<()>,
+    rotator: tokio::task::JoinHandle<()>,
+    svid: watch::Receiver<Option<X509Material>>,
+    state: String,
+    detail: String,
+    restarts: u32,
+}
+
+/// Runs the agent until `shutdown` turns true; every task is stopped before it returns.
+pub async fn run(
+    api: Arc<dyn ControlPlaneApi>,
+    cfg: AgentConfig,
+    clock: Arc<dyn Clock>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let machine_id = cfg.registration.machine.clone();
+    let machine = MachineId::parse(&machine_id).map_err(|e| format!("machine id: {e}"))?;
+    let record = api.register(&cfg.registration).await?;
+    tracing::info!(machine = %machine_id, pool = %record.pool, "registered");
+    let (runner, events) = Runner::new(cfg.runner.clone());
+    let runner = Arc::new(runner);
+    let mut tasks: BTreeMap<String, Running> = BTreeMap::new();
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        match api.assignments(&machine_id).await {
+            Ok(assigned) => {
+                let wanted: BTreeMap<String, Assignment> =
+                    assigned.into_iter().map(|a| (a.task.clone(), a)).collect();
+                let gone: Vec<String> = tasks
+                    .iter()
+                    .filter(|(id, r)| wanted.get(*id) != Some(&r.assignment))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in gone {
+                    if let Some(r) = tasks.remove(&id) {
+                        tracing::info!(task = %id, "no longer assigned here: stopping");
+                        stop(r).await;
+                    }
+                }
+                failed.retain(|id, _| wanted.contains_key(id));
+                for (id, a) in wanted {
+                    if tasks.contains_key(&id) || failed.contains_key(&id) {
+                        continue;
+                    }
+                    match start(&api, &runner, &cfg, &machine, &clock, a.clone()).await {
+                        Ok(r) => {
+                            tasks.insert(id, r);
+                        }
+                        Err(why) => {
+                            tracing::warn!(task = %id, error = %why, "cannot start the task");
+                            failed.insert(id, why);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read assignments; keeping tasks as they are")
+            }
+        }
+        drain(&events, &mut tasks);
+        let mut reports: Vec<TaskReport> = tasks
+            .values()
+            .map(|r| TaskReport {
+                task: r.assignment.task.clone(),
+                state: r.state.clone(),
+                detail: r.detail.clone(),
+                restarts: r.restarts,
+                svid: r.svid.borrow().is_some(),
+            })
+            .collect();
+        reports.extend(failed.iter().map(|(id, why)| TaskReport {
+            task: id.clone(),
+            state: "failed".into(),
+            detail: why.clone(),
+            restarts: 0,
+            svid: false,
+        }));
+        if let Err(e) = api.report(&machine_id, &reports).await {
+            tracing::warn!(error = %e, "cannot report to the control plane");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(cfg.poll) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    for (_, r) in std::mem::take(&mut tasks) {
+        stop(r).await;
+    }
+    Ok(())
+}
+
+fn drain(events: &Receiver<TaskEvent>, tasks: &mut BTreeMap<String, Running>) {
+    while let Ok(ev) = events.try_recv() {
+        let Some(r) = tasks.get_mut(&ev.id) else {
+            continue;
+        };
+        if let Some(d) = ev.drift {
+            tracing::warn!(task = %ev.id, drift = %d, "exec refused in the sandbox");
+            continue;
+        }
+        r.restarts = ev.restarts;
+        (r.state, r.detail) = match ev.state {
+            TaskState::Starting => ("starting".into(), String::new()),
+            TaskState::Running { pid } => ("running".into(), format!("pid {pid}")),
+            TaskState::Backoff { exit, delay_ms } => (
+                "backoff".into(),
+                format!("{exit}; restarting in {delay_ms} ms"),
+            ),
+            TaskState::Completed => ("completed".into(), String::new()),
+            TaskState::Stopped => ("stopped".into(), String::new()),
+            TaskState::Failed { reason } => ("failed".into(), reason),
+        };
+    }
+}
+
+async fn stop(mut r: Running) {
+    r.api.abort();
+    r.rotator.abort();
+    if let Some(h) = r.handle.take() {
+        let _ = tokio::task::spawn_blocking(move || h.stop()).await;
+    }
+}
+
+fn private_dir(p: &Path, mode: u32) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(p)
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// The image's entrypoint and default arguments (its OCI config).
+fn entrypoint(layout: &Path) -> Result<(Vec<String>, Vec<String>), String> {
+    let l = ImageLayout::open(layout).map_err(|e| e.to_string())?;
+    let image = l.single().map_err(|e| e.to_string())?;
+    let digest = Sha256::parse(&image.config.digest).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(l.blob_path(&digest)).map_err(|e| format!("image config: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("image config: {e}"))?;
+    let list = |k: &str| -> Vec<String> {
+        v.get("config")
+            .and_then(|c| c.get(k))
+            .and_then(|e| e.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok((list("Entrypoint"), list("Cmd")))
+}
+
+async fn start(
+    api: &Arc<dyn ControlPlaneApi>,
+    runner: &Arc<Runner>,
+    cfg: &AgentConfig,
+    machine: &MachineId,
+    clock: &Arc<dyn Clock>,
+    a: Assignment,
+) -> Result<Running, String> {
+    let digest = Sha256::parse(&a.digest).map_err(|e| format!("digest: {e}"))?;
+    let root = &cfg.runner.root;
+    // The agent's root must be traversable by the tasks' uids (their rootfs and /work are
+    // under it); the fetched layouts are the agent's alone.
+    private_dir(root, 0o711)?;
+    private_dir(&root.join("oci"), 0o700)?;
+    let layout = root.join("oci").join(digest.hex());
+    if !layout.join("index.json").exists() {
+        let tmp = root.join("oci").join(format!(".{}.partial", digest.hex()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        api.fetch_image(&digest, &tmp).await?;
+        std::fs::rename(&tmp, &layout).map_err(|e| format!("{}: {e}", layout.display()))?;
+    }
+    let (mut argv, cmd) = entrypoint(&layout)?;
+    argv.extend(if a.args.is_empty() {
+        cmd
+    } else {
+        a.args.clone()
+    });
+    if argv.is_empty() {
+        return Err("the image has no entrypoint and the job no arguments".into());
+    }
+    // The socket directory: traversable, written by root only; the socket itself is handed
+    // to the task's uid alone.
+    let sockets = root.join("sockets");
+    private_dir(&sockets, 0o711)?;
+    let sock_dir = sockets.join(&a.task);
+    private_dir(&sock_dir, 0o711)?;
+    let mut env = a.env.clone();
+    env.push(format!(
+        "SPIFFE_ENDPOINT_SOCKET=unix://{SOCKET_DIR_INSIDE}/{SOCKET_NAME}"
+    ));
+    let spec = TaskSpec {
+        id: a.task.clone(),
+        image: layout,
+        digest,
+        argv,
+        env,
+        limits: Limits {
+            memory: a.memory_limit,
+            pids: None,
+            cpu: a.cpu_limit,
+        },
+        profile: cfg.profile.clone(),
+        volumes: vec![Volume {
+            host: sock_dir.clone(),
+            inside: SOCKET_DIR_INSIDE.into(),
+            read_only: true,
+        }],
+    };
+    let handle = {
+        let runner = Arc::clone(runner);
+        tokio::task::spawn_blocking(move || runner.start(spec))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+    };
+    let (tx, rx) = watch::channel(None);
+    let rotator = tokio::spawn(run_rotator(
+        api.issuance(),
+        machine.clone(),
+        a.spiffe_id.clone(),
+        Arc::clone(clock),
+        tx,
+    ));
+    let socket: PathBuf = sock_dir.join(SOCKET_NAME);
+    let server = WorkloadApi::new(rx.clone()).with_socket_owner(handle.uid());
+    let task = a.task.clone();
+    let api_task = tokio::spawn(async move {
+        if let Err(e) = server.serve(&socket, std::future::pending()).await {
+            tracing::error!(%task, error = %e, "the task's Workload API stopped");
+        }
+    });
+    Ok(Running {
+        assignment: a,
+        handle: Some(handle),
+        api: api_task,
+        rotator,
+        svid: rx,
+        state: "starting".into(),
+        detail: String::new(),
+        restarts: 0,
+    })
+}
+
+/// The control plane in the same process: the agents `ringfence up` starts on the control
+/// plane's own host. Their machines register as [`HostTrust::ControlPlaneHost`]; an agent
+/// that connects from anywhere else never gets that trust.
+///
+/// [`HostTrust::ControlPlaneHost`]: ringfence_controlplane::HostTrust::ControlPlaneHost
+#[derive(Debug, Clone)]
+pub struct Local {
+    /// The control plane.
+    pub cp: ringfence_controlplane::ControlPlane,
+    /// The artifact store images are fetched from.
+    pub artifacts: ringfence_bab::artifacts::ArtifactStore,
+    /// The CA.
+    pub issuance: Arc<IssuanceService>,
+}
+
+#[async_trait]
+impl ControlPlaneApi for Local {
+    async fn register(&self, reg: &Registration) -> Result<MachineRecord, String> {
+        self.cp
+            .register(reg, ringfence_controlplane::HostTrust::ControlPlaneHost)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn assignments(&self, machine: &str) -> Result<Vec<Assignment>, String> {
+        self.cp
+            .assignments(machine)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn report(&self, machine: &str, reports: &[TaskReport]) -> Result<(), String> {
+        self.cp
+            .report(machine, reports)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn fetch_image(&self, digest: &Sha256, dir: &Path) -> Result<(), String> {
+        let artifacts = self.artifacts.clone();
+        let (digest, dir) = (digest.clone(), dir.to_owned());
+        tokio::task::spawn_blocking(move || artifacts.export(&digest, &dir))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    fn issuance(&self) -> Arc<IssuanceService> {
+        Arc::clone(&self.issuance)
+    }
+}
