@@ -19,6 +19,7 @@
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -242,6 +243,32 @@ int main(int argc, char **argv) {
         const char *msg = "hello from the sandbox\n";
         write(s, msg, strlen(msg));
         printf("connected\n");
+    } else if (!strcmp(t, "unix-connect")) {
+        /* probe unix-connect PATH [PATH...]: for each, a connection to a unix socket (retried
+           for up to 5 s while it does not exist yet), one line each; then stays running. */
+        if (argc < 3) return 2;
+        for (int i = 2; i < argc; i++) {
+            struct sockaddr_un a = {0};
+            a.sun_family = AF_UNIX;
+            strncpy(a.sun_path, argv[i], sizeof a.sun_path - 1);
+            int err = 0;
+            for (int tries = 0; tries < 100; tries++) {
+                int s = socket(AF_UNIX, SOCK_STREAM, 0);
+                if (connect(s, (struct sockaddr *)&a, sizeof a) == 0) {
+                    err = 0;
+                    close(s);
+                    break;
+                }
+                err = errno;
+                close(s);
+                if (err != ENOENT && err != ECONNREFUSED) break;
+                usleep(50000);
+            }
+            if (err) printf("%s: connect failed: %s\n", argv[i], ename(err));
+            else printf("%s: connected\n", argv[i]);
+            fflush(stdout);
+        }
+        for (;;) pause();
     } else if (!strcmp(t, "loopback")) {
         int l = socket(AF_INET, SOCK_STREAM, 0);
         struct sockaddr_in a = {0};
