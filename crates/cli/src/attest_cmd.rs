@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use ringfence_admission::policy::{Policy, PolicySet};
 use ringfence_admission::verdict::{Attestation, Job, Request, evaluate};
-use ringfence_bab::artifacts::ArtifactStore;
+use ringfence_bab::artifacts::{ArtifactError, ArtifactStore};
 use ringfence_bab::manifest::JobManifest;
 use ringfence_core::{Clock, SystemClock};
 use ringfence_provenance::dsse::{self, SigningKey};
@@ -353,6 +353,33 @@ pub(crate) fn stored_attestations(
         .collect())
 }
 
+/// The attestations kept with a job's image in the artifact store: none when the image (or
+/// the store) is not there, an error when the store cannot be read.
+pub(crate) fn attestations_for_image(settings: &Settings, image: &str) -> Result<Vec<Attestation>> {
+    let Ok(r) = ringfence_admission::verdict::parse_image(image) else {
+        return Ok(Vec::new()); // admission refuses the reference itself, with the reason
+    };
+    if !settings.data_dir.join("artifacts").exists() {
+        return Ok(Vec::new());
+    }
+    match stored_attestations(settings, &r.digest) {
+        Ok(a) => Ok(a),
+        Err(e)
+            if matches!(
+                e.downcast_ref::<ArtifactError>(),
+                Some(ArtifactError::NotFound(_))
+            ) =>
+        {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e.context(format!(
+            "cannot read the attestations of {} from the artifact store {}",
+            r.digest,
+            settings.data_dir.join("artifacts").display()
+        ))),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn verify(
     settings: &Settings,
@@ -408,10 +435,7 @@ fn verify(
         ),
     };
     let attestations = if attestation_files.is_empty() {
-        match ringfence_admission::verdict::parse_image(&image_ref) {
-            Ok(r) => stored_attestations(settings, &r.digest).unwrap_or_default(),
-            Err(_) => Vec::new(),
-        }
+        attestations_for_image(settings, &image_ref)?
     } else {
         read_attestations(attestation_files)?
     };

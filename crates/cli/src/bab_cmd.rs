@@ -12,10 +12,10 @@ use ringfence_admission::verdict::Request;
 use ringfence_bab::Gate;
 use ringfence_bab::manifest::JobManifest;
 use ringfence_bab::notify::Outbox;
-use ringfence_core::{SpiffeId, SystemClock, TrustDomain};
+use ringfence_core::{SystemClock, TrustDomain};
 use ringfence_store::open_store;
 
-use crate::attest_cmd::{Output, read_attestations, stored_attestations};
+use crate::attest_cmd::{Output, read_attestations};
 use crate::config::Settings;
 use crate::exit;
 
@@ -105,12 +105,23 @@ pub enum PolicyCommand {
     },
 }
 
-fn who(by: Option<String>) -> String {
+pub(crate) fn who(by: Option<String>) -> String {
     by.or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "unknown".into())
 }
 
-async fn gate(settings: &Settings) -> Result<Gate> {
+pub(crate) async fn gate(settings: &Settings) -> Result<Gate> {
+    let (store, audit) = store_and_audit(settings).await?;
+    gate_with(settings, store, audit)
+}
+
+/// The Store and the audit log, as every admission command opens them.
+pub(crate) async fn store_and_audit(
+    settings: &Settings,
+) -> Result<(
+    Arc<dyn ringfence_store::Store>,
+    Arc<dyn ringfence_audit::AuditSink>,
+)> {
     let store = open_store(&settings.store, &settings.data_dir)
         .await
         .context("cannot open the store")?;
@@ -120,16 +131,29 @@ async fn gate(settings: &Settings) -> Result<Gate> {
         .context(
             "admission writes every verdict to the audit log: run `ringfence audit init` first",
         )?;
+    Ok((store, Arc::new(log)))
+}
+
+/// The trust domain of this data directory's CA (`ringfence.local` before there is one).
+pub(crate) fn trust_domain(settings: &Settings) -> Result<TrustDomain> {
+    match std::fs::read_to_string(settings.data_dir.join("identity").join("trust-domain")) {
+        Ok(t) => TrustDomain::parse(t.trim()).context("invalid identity/trust-domain file"),
+        Err(_) => Ok(TrustDomain::parse("ringfence.local")?),
+    }
+}
+
+/// A gate over `store`, auditing to `audit`.
+pub(crate) fn gate_with(
+    settings: &Settings,
+    store: Arc<dyn ringfence_store::Store>,
+    audit: Arc<dyn ringfence_audit::AuditSink>,
+) -> Result<Gate> {
     let outbox = Outbox::open(&settings.data_dir.join("outbox"), settings.notify_config())
         .context("invalid [notify] configuration")?;
-    let td = std::fs::read_to_string(settings.data_dir.join("identity").join("trust-domain"))
-        .ok()
-        .and_then(|t| TrustDomain::parse(t.trim()).ok())
-        .map_or_else(|| "ringfence.local".to_owned(), |t| t.to_string());
-    let actor = SpiffeId::parse(&format!("spiffe://{td}/ringfence/admission"))?;
+    let actor = trust_domain(settings)?.workload(&["ringfence", "admission"])?;
     Ok(Gate::new(
         store,
-        Arc::new(log),
+        audit,
         outbox,
         Arc::new(SystemClock),
         actor,
@@ -231,10 +255,7 @@ pub async fn run(cmd: BabCommand, settings: &Settings) -> Result<u8> {
         } => {
             let (_, job) = read_job(&job)?;
             let atts = if attestations.is_empty() {
-                match ringfence_admission::verdict::parse_image(&job.image) {
-                    Ok(r) => stored_attestations(settings, &r.digest).unwrap_or_default(),
-                    Err(_) => Vec::new(),
-                }
+                crate::attest_cmd::attestations_for_image(settings, &job.image)?
             } else {
                 read_attestations(&attestations)?
             };

@@ -32,6 +32,15 @@ Exit codes:
   6  unavailable: a dependency (such as etcd) could not be reached; retry later
   7  local data is damaged, foreign or in use by another process; an operator must act";
 
+fn gate_code(e: &ringfence_bab::GateError) -> u8 {
+    match e {
+        ringfence_bab::GateError::AuditUnavailable(_) => UNAVAILABLE,
+        ringfence_bab::GateError::Store(s) => store_code(s),
+        ringfence_bab::GateError::Corrupt { .. } => DATA,
+        _ => FAILURE,
+    }
+}
+
 /// The exit code for an error, from the most specific cause in its chain.
 pub fn code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
@@ -46,12 +55,18 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
             };
         }
         if let Some(e) = cause.downcast_ref::<ringfence_bab::GateError>() {
-            return match e {
-                ringfence_bab::GateError::AuditUnavailable(_) => UNAVAILABLE,
-                ringfence_bab::GateError::Store(s) => store_code(s),
-                ringfence_bab::GateError::Corrupt { .. } => DATA,
-                _ => FAILURE,
-            };
+            return gate_code(e);
+        }
+        if let Some(e) = cause.downcast_ref::<ringfence_controlplane::CpError>() {
+            use ringfence_controlplane::CpError;
+            match e {
+                CpError::AuditUnavailable(_) => return UNAVAILABLE,
+                CpError::NotFound(_) => return NOT_FOUND,
+                CpError::Store(s) => return store_code(s),
+                CpError::Corrupt { .. } => return DATA,
+                CpError::Invalid(_) => return FAILURE,
+                CpError::Gate(g) => return gate_code(g),
+            }
         }
         if let Some(ringfence_bab::artifacts::ArtifactError::NotFound(_)) =
             cause.downcast_ref::<ringfence_bab::artifacts::ArtifactError>()

@@ -9,6 +9,7 @@ mod bab_cmd;
 mod config;
 mod exit;
 mod identity_cmd;
+mod job_cmd;
 mod sandbox_cmd;
 mod secrets;
 mod store_cmd;
@@ -99,6 +100,9 @@ enum Command {
     /// Attestations: signing keys, signing statements, verifying an image against a policy
     #[command(subcommand)]
     Attest(attest_cmd::AttestCommand),
+    /// Jobs: submit (admission, then placement), list, status, logs, stop
+    #[command(subcommand)]
+    Job(job_cmd::JobCommand),
     /// The artifact store: OCI images by digest, with their attestations
     #[command(subcommand)]
     Artifact(artifact_cmd::ArtifactCommand),
@@ -176,6 +180,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
         Command::Bab(cmd) => bab_cmd::run(cmd, &settings).await,
         Command::Attest(cmd) => attest_cmd::run(cmd, &settings).await,
         Command::Artifact(cmd) => artifact_cmd::run(cmd, &settings).await,
+        Command::Job(cmd) => job_cmd::run(cmd, &settings).await,
         Command::Sandbox(cmd) => sandbox_cmd::run(cmd, false),
     }
 }

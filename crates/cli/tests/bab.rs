@@ -711,3 +711,65 @@ fn up_runs_until_ctrl_c_and_stops_cleanly() {
         "{rest:?}"
     );
 }
+
+#[test]
+fn job_commands_show_submit_refuse_and_stop_the_demo_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["up", "--once"]);
+    let list = ok(d, &["job", "list"]);
+    for want in [
+        "demo/web-1",
+        "demo/worker-1",
+        "demo/docs-1",
+        "compliant",
+        "dry-run",
+        "allow-all",
+    ] {
+        assert!(list.contains(want), "missing {want:?} in:\n{list}");
+    }
+    let status = ok(d, &["job", "status", "demo/web-1"]);
+    assert!(status.contains("service   demo/web"), "{status}");
+    assert!(status.contains("demo.web.web-1.0"), "{status}");
+    let logs = ok(d, &["job", "logs", "demo/web-1"]);
+    assert!(logs.contains("web (Ringfence demo) started"), "{logs}");
+
+    // An unsigned job: refused with the reason, exit 1, nothing placed.
+    let web = std::fs::read_to_string(d.join(".ringfence/demo/jobs/web.yaml")).unwrap();
+    let rogue = web
+        .replace("name: web-1", "name: rogue-1")
+        .replace("--port=8080", "--port=9090");
+    write(d, "rogue.yaml", &rogue);
+    let out = exits(
+        d,
+        1,
+        &[
+            "job",
+            "submit",
+            "rogue.yaml",
+            "--attestation",
+            ".ringfence/demo/web.provenance.dsse.json",
+            "--attestation",
+            ".ringfence/demo/web.review.dsse.json",
+        ],
+    );
+    assert!(
+        out.contains("REFUSED demo/rogue-1\n  Binary Authorization: denied"),
+        "{out}"
+    );
+    assert!(out.contains("[config-reviewed]"), "{out}");
+    assert!(!ok(d, &["job", "list"]).contains("rogue-1"));
+
+    // Malformed names and unknown jobs are refused with the reason.
+    let out = exits(d, 1, &["job", "status", "web-1"]);
+    assert!(out.contains("expected namespace/name"), "{out}");
+    let out = exits(d, 4, &["job", "status", "demo/nothing"]);
+    assert!(out.contains("no job demo/nothing"), "{out}");
+
+    let out = ok(d, &["job", "stop", "demo/docs-1"]);
+    assert!(out.contains("stopped demo/docs-1"), "{out}");
+    let status = ok(d, &["job", "status", "demo/docs-1"]);
+    assert!(status.contains("state     stopped"), "{status}");
+    let tail = ok(d, &["audit", "tail", "-n", "5"]);
+    assert!(tail.contains("job.stop demo/docs-1"), "{tail}");
+}

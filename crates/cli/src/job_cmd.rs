@@ -1,0 +1,277 @@
+//! `ringfence job`: the job lifecycle against the Store — submit (Binary Authorization, then
+//! placement under the Workload Security Rings), list, status, logs and stop. The agents that
+//! run the tasks follow the same Store (`ringfence up` starts four on this host).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use ringfence_admission::verdict::Request;
+use ringfence_controlplane::{ControlPlane, JobRecord, JobState, Settings as CpSettings};
+use ringfence_core::SystemClock;
+
+use crate::attest_cmd::{Output, read_attestations};
+use crate::bab_cmd::who;
+use crate::config::Settings;
+use crate::exit;
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job (kind: Job): Binary Authorization decides, then its tasks are placed
+    /// (exit 0 placed or pending, 1 refused, with the reasons)
+    Submit {
+        /// The job manifest
+        file: PathBuf,
+        /// Attestation envelopes (default: those kept with the image in the artifact store)
+        #[arg(long = "attestation", value_name = "FILE")]
+        attestations: Vec<PathBuf>,
+        /// Bypass enforcement in an emergency; audited before admission, the security team
+        /// told at once (the job can then be neither foundational nor sensitive)
+        #[arg(long, value_name = "JUSTIFICATION")]
+        break_glass: Option<String>,
+        /// Who submits (default: $USER)
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+        /// Output format
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// The jobs, their verdicts and where their tasks run
+    List {
+        /// Output format
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// One job: verdict, placement and each task's last reported state
+    Status {
+        /// `namespace/name`
+        job: String,
+        /// Output format
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// A task's captured output (tasks of agents on this host)
+    Logs {
+        /// `namespace/name`
+        job: String,
+        /// Which replica
+        #[arg(long, default_value_t = 0)]
+        replica: u32,
+        /// Standard error instead of standard output
+        #[arg(long)]
+        stderr: bool,
+    },
+    /// Stop a job: its agents end its tasks and it leaves continuous verification
+    Stop {
+        /// `namespace/name`
+        job: String,
+        /// Who stops it (default: $USER)
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+    },
+}
+
+fn split(job: &str) -> Result<(&str, &str)> {
+    job.split_once('/')
+        .with_context(|| format!("job {job:?}: expected namespace/name"))
+}
+
+async fn control_plane(settings: &Settings) -> Result<ControlPlane> {
+    let (store, audit) = crate::bab_cmd::store_and_audit(settings).await?;
+    let gate = crate::bab_cmd::gate_with(
+        settings,
+        std::sync::Arc::clone(&store),
+        std::sync::Arc::clone(&audit),
+    )?;
+    Ok(ControlPlane::new(
+        store,
+        audit,
+        gate,
+        std::sync::Arc::new(SystemClock),
+        CpSettings::new(crate::bab_cmd::trust_domain(settings)?),
+    )?)
+}
+
+fn placement(j: &JobRecord) -> String {
+    let placed: Vec<String> = j
+        .tasks
+        .iter()
+        .map(|t| t.machine.clone().unwrap_or_else(|| "(pending)".into()))
+        .collect();
+    if placed.is_empty() {
+        "-".into()
+    } else {
+        placed.join(",")
+    }
+}
+
+fn state_word(s: &JobState) -> &'static str {
+    match s {
+        JobState::Placed => "placed",
+        JobState::Pending(_) => "pending",
+        JobState::Refused(_) => "refused",
+        JobState::Stopped => "stopped",
+    }
+}
+
+pub async fn run(cmd: JobCommand, settings: &Settings) -> Result<u8> {
+    match cmd {
+        JobCommand::Submit {
+            file,
+            attestations,
+            break_glass,
+            by,
+            output,
+        } => {
+            let manifest =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let (_, job) = ringfence_bab::manifest::JobManifest::parse(&manifest)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let atts = if attestations.is_empty() {
+                crate::attest_cmd::attestations_for_image(settings, &job.image)?
+            } else {
+                read_attestations(&attestations)?
+            };
+            let by = who(by);
+            let request = match break_glass {
+                Some(justification) => Request::BreakGlass {
+                    justification,
+                    by: by.clone(),
+                },
+                None => Request::Normal,
+            };
+            let cp = control_plane(settings).await?;
+            let record = cp.submit(&manifest, &atts, &request, &by).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&record)?),
+                Output::Text => {
+                    let word = state_word(&record.state).to_uppercase();
+                    match &record.state {
+                        JobState::Refused(_) => println!("{word} {}", record.key()),
+                        _ => println!("{word} {} ({})", record.key(), record.verdict),
+                    }
+                    match &record.state {
+                        JobState::Placed => {
+                            for t in &record.tasks {
+                                println!("  {} on {}", t.id, t.machine.as_deref().unwrap_or("-"));
+                            }
+                        }
+                        JobState::Pending(why) | JobState::Refused(why) => println!("  {why}"),
+                        JobState::Stopped => {}
+                    }
+                }
+            }
+            Ok(if matches!(record.state, JobState::Refused(_)) {
+                exit::FAILURE
+            } else {
+                exit::SUCCESS
+            })
+        }
+        JobCommand::List { output } => {
+            let jobs = control_plane(settings).await?.jobs().await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&jobs)?),
+                Output::Text => {
+                    println!(
+                        "{:<28} {:<12} {:<9} {:<12} {:<12} PLACED ON",
+                        "JOB", "SERVICE", "STATE", "RING", "ADMISSION"
+                    );
+                    for j in &jobs {
+                        println!(
+                            "{:<28} {:<12} {:<9} {:<12} {:<12} {}",
+                            j.key(),
+                            j.service,
+                            state_word(&j.state),
+                            j.ring.to_string(),
+                            j.verdict.split([':', ' ']).next().unwrap_or_default(),
+                            placement(j)
+                        );
+                    }
+                }
+            }
+            Ok(exit::SUCCESS)
+        }
+        JobCommand::Status { job, output } => {
+            let (ns, name) = split(&job)?;
+            let cp = control_plane(settings).await?;
+            let record = cp.job(ns, name).await?;
+            let statuses = cp.task_statuses().await?;
+            match output {
+                Output::Json => {
+                    let tasks: Vec<_> = record
+                        .tasks
+                        .iter()
+                        .map(|t| serde_json::json!({"placement": t, "status": statuses.get(&t.id)}))
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({"job": record, "tasks": tasks})
+                        )?
+                    );
+                }
+                Output::Text => {
+                    println!("job       {}", record.key());
+                    println!("service   {}/{}", record.namespace, record.service);
+                    println!("image     {}", record.image);
+                    println!("ring      {}", record.ring);
+                    println!("verdict   {}", record.verdict);
+                    println!("state     {}", record.state);
+                    for t in &record.tasks {
+                        let machine = t.machine.as_deref().unwrap_or("-");
+                        let s = statuses.get(&t.id).filter(|s| s.machine == machine);
+                        println!(
+                            "  {:<32} {:<10} {:<10} svid={} restarts={} {}",
+                            t.id,
+                            machine,
+                            s.map_or("assigned", |s| s.report.state.as_str()),
+                            s.is_some_and(|s| s.report.svid),
+                            s.map_or(0, |s| s.report.restarts),
+                            s.map_or("", |s| s.report.detail.as_str())
+                        );
+                    }
+                }
+            }
+            Ok(exit::SUCCESS)
+        }
+        JobCommand::Logs {
+            job,
+            replica,
+            stderr,
+        } => {
+            let (ns, name) = split(&job)?;
+            let record = control_plane(settings).await?.job(ns, name).await?;
+            let Some(task) = record.tasks.get(replica as usize) else {
+                anyhow::bail!("{job} has no replica {replica}");
+            };
+            let Some(machine) = &task.machine else {
+                anyhow::bail!("{} is not placed", task.id);
+            };
+            let file = settings
+                .data_dir
+                .join("agents")
+                .join(machine)
+                .join("tasks")
+                .join(&task.id)
+                .join(if stderr { "stderr.log" } else { "stdout.log" });
+            let text = std::fs::read(&file).with_context(|| {
+                format!(
+                    "no log at {} (logs are read from agents on this host)",
+                    file.display()
+                )
+            })?;
+            use std::io::Write as _;
+            std::io::stdout().write_all(&text)?;
+            Ok(exit::SUCCESS)
+        }
+        JobCommand::Stop { job, by } => {
+            let (ns, name) = split(&job)?;
+            let record = control_plane(settings)
+                .await?
+                .stop(ns, name, &who(by))
+                .await?;
+            println!("stopped {}", record.key());
+            Ok(exit::SUCCESS)
+        }
+    }
+}
