@@ -6,6 +6,7 @@
 mod admission;
 mod audit;
 mod identity;
+mod lifecycle;
 mod sandbox;
 mod stats;
 mod store;
@@ -67,6 +68,20 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         runs: usize,
     },
+    /// Submit-to-running latency of jobs on four local agents (admission, placement, the
+    /// sandbox, the task's SVID), one at a time and all at once, and control-plane calls/s
+    /// (root; build `ringfence` first: cargo build --release -p ringfence-cli)
+    Lifecycle {
+        /// Jobs per scenario
+        #[arg(long, default_value_t = 100)]
+        jobs: usize,
+        /// How often agents look at their assignments
+        #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+        poll: Duration,
+        /// Directory on the disk to measure (the Store lives here)
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// X.509-SVIDs issued per second end to end (CSR checks + signing + audit append), a
     /// burst re-issue, and the P-256 sign/verify ceiling in the same run
     Identity {
@@ -100,5 +115,6 @@ fn main() -> anyhow::Result<()> {
             key_type,
         } => admission::run(seconds, jobs, key_type),
         Bench::Sandbox { runs } => sandbox::run(runs),
+        Bench::Lifecycle { jobs, poll, dir } => runtime.block_on(lifecycle::run(jobs, poll, &dir)),
     }
 }

@@ -318,7 +318,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let p = std::env::current_exe()?.with_file_name(name);
     if !p.is_file() {
         bail!(

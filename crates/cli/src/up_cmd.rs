@@ -335,7 +335,11 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
     let can_run = can_run_tasks();
     match &can_run {
         Ok(()) => {
-            let init = std::env::current_exe().context("cannot find the ringfence binary")?;
+            // The small init beside this binary when it was built (it starts faster), else
+            // this binary, which carries the same init.
+            let exe = std::env::current_exe().context("cannot find the ringfence binary")?;
+            let small = exe.with_file_name("ringfence-sandbox-init");
+            let init = if small.is_file() { small } else { exe };
             for (i, (id, _)) in MACHINES.iter().enumerate() {
                 let cfg = AgentConfig {
                     registration: Registration {
