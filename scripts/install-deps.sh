@@ -5,13 +5,14 @@
 #   etcd-server        real etcd members started by the tests and the benchmark
 #   openssl            the reference X.509 tool the identity tests check certificates with
 #   gcc, libc6-dev     the sandbox suite builds its static workload (tests/progs/probe.c)
-#   busybox-static, bubblewrap, crun
-#                      the sandbox benchmark's rootfs and the peers it is measured against
+#   busybox-static     the demo images of `ringfence up`, and the sandbox benchmark's rootfs
+#   bubblewrap, crun   the peers the sandbox benchmark is measured against
 #   iproute2           `ip`, which creates a sandbox's veth pair (--net veth:...)
 # and, from PyPI, py-spiffe (`spiffe`), the Python SPIFFE Workload API client the identity
 # tests talk to, securesystemslib, the DSSE reference implementation, and in-toto-attestation,
 # the in-toto attestation framework's bindings (Statement v1, SLSA Provenance v1).
-# With --build, only what building needs (protoc and its .proto files), for `scripts/up.sh`.
+# With --build, only what building and `ringfence up` need (protoc and its .proto files, and
+# the static busybox the demo images carry), for `scripts/up.sh`.
 set -euo pipefail
 
 build_only=false
@@ -20,12 +21,12 @@ build_only=false
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+[ -x /bin/busybox ] || need+=(busybox-static)
 if ! $build_only; then
 { command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ]; } || need+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
-[ -x /bin/busybox ] || need+=(busybox-static)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v crun >/dev/null 2>&1 || need+=(crun)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: `ringfence up` with embedded defaults (data in ./.ringfence). Installs what
-# building needs on a fresh machine (protoc), builds the release binary, and runs it; extra
-# arguments go to `ringfence up` (e.g. --once).
+# building and the demo need on a fresh machine (protoc, busybox-static), builds the release
+# binary, and runs it (as root, tasks run in the sandbox); extra arguments go to
+# `ringfence up` (e.g. --once).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/install-deps.sh" --build
