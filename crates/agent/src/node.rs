@@ -83,11 +83,26 @@ pub async fn run(
     tracing::info!(machine = %machine_id, pool = %record.pool, "registered");
     let (runner, events) = Runner::new(cfg.runner.clone());
     let runner = Arc::new(runner);
+    // A state change or a new SVID is reported at once, not at the next poll: runner events
+    // and SVID changes wake the loop.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let events = forward(events, Arc::clone(&wake));
     let mut tasks: BTreeMap<String, Running> = BTreeMap::new();
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let mut next_poll = tokio::time::Instant::now();
     loop {
-        match api.assignments(&machine_id).await {
-            Ok(assigned) => {
+        let polling = tokio::time::Instant::now() >= next_poll;
+        if polling {
+            next_poll = tokio::time::Instant::now() + cfg.poll;
+        }
+        let assigned = if polling {
+            Some(api.assignments(&machine_id).await)
+        } else {
+            None
+        };
+        match assigned {
+            None => {}
+            Some(Ok(assigned)) => {
                 let wanted: BTreeMap<String, Assignment> =
                     assigned.into_iter().map(|a| (a.task.clone(), a)).collect();
                 let gone: Vec<String> = tasks
@@ -106,7 +121,7 @@ pub async fn run(
                     if tasks.contains_key(&id) || failed.contains_key(&id) {
                         continue;
                     }
-                    match start(&api, &runner, &cfg, &machine, &clock, a.clone()).await {
+                    match start(&api, &runner, &cfg, &machine, &clock, a.clone(), &wake).await {
                         Ok(r) => {
                             tasks.insert(id, r);
                         }
@@ -117,8 +132,8 @@ pub async fn run(
                     }
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read assignments; keeping tasks as they are")
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read assignments; keeping tasks as they are");
             }
         }
         drain(&events, &mut tasks);
@@ -143,7 +158,8 @@ pub async fn run(
             tracing::warn!(error = %e, "cannot report to the control plane");
         }
         tokio::select! {
-            () = tokio::time::sleep(cfg.poll) => {}
+            () = tokio::time::sleep_until(next_poll) => {}
+            () = wake.notified() => {}
             _ = shutdown.changed() => {}
         }
         if *shutdown.borrow() {
@@ -154,6 +170,20 @@ pub async fn run(
         stop(r).await;
     }
     Ok(())
+}
+
+/// Moves the runner's events to a channel the loop drains, waking the loop for each.
+fn forward(events: Receiver<TaskEvent>, wake: Arc<tokio::sync::Notify>) -> Receiver<TaskEvent> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(ev) = events.recv() {
+            if tx.send(ev).is_err() {
+                return;
+            }
+            wake.notify_one();
+        }
+    });
+    rx
 }
 
 fn drain(events: &Receiver<TaskEvent>, tasks: &mut BTreeMap<String, Running>) {
@@ -227,6 +257,7 @@ async fn start(
     machine: &MachineId,
     clock: &Arc<dyn Clock>,
     a: Assignment,
+    wake: &Arc<tokio::sync::Notify>,
 ) -> Result<Running, String> {
     let digest = Sha256::parse(&a.digest).map_err(|e| format!("digest: {e}"))?;
     let root = &cfg.runner.root;
@@ -293,6 +324,15 @@ async fn start(
         Arc::clone(clock),
         tx,
     ));
+    {
+        // A new SVID is news for the control plane.
+        let (mut svid, wake) = (rx.clone(), Arc::clone(wake));
+        tokio::spawn(async move {
+            while svid.changed().await.is_ok() {
+                wake.notify_one();
+            }
+        });
+    }
     let socket: PathBuf = sock_dir.join(SOCKET_NAME);
     let server = WorkloadApi::new(rx.clone()).with_socket_owner(handle.uid());
     let task = a.task.clone();
