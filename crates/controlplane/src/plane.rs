@@ -685,8 +685,34 @@ impl ControlPlane {
             };
             txn = txn.put(key(&["cp", "assignments", m, &t.id])?, json(&a)?);
         }
-        self.inner.store.txn(txn).await?;
+        // The authority learns the new placements before any agent can see them (so a task's
+        // first CSR is never refused for a race), and forgets the old ones at once.
+        let machines: Vec<&str> = record
+            .tasks
+            .iter()
+            .filter_map(|t| t.machine.as_deref())
+            .collect();
+        self.view_replace_job(&record.key(), spiffe_id, &machines);
+        if let Err(e) = self.inner.store.txn(txn).await {
+            let _ = self.refresh_locked().await;
+            return Err(e.into());
+        }
         Ok(())
+    }
+
+    /// Replaces a job's placements in the authority's view (none: the job is gone).
+    fn view_replace_job(&self, job: &str, spiffe_id: &SpiffeId, machines: &[&str]) {
+        let mut view = self.inner.view.write().unwrap_or_else(|p| p.into_inner());
+        for jobs in view.placed.values_mut() {
+            jobs.remove(job);
+        }
+        view.placed.retain(|_, jobs| !jobs.is_empty());
+        for m in machines {
+            view.placed
+                .entry((spiffe_id.to_string(), (*m).to_owned()))
+                .or_default()
+                .insert(job.to_owned());
+        }
     }
 
     /// Stops a job: its assignments go (agents stop its tasks), its deployment leaves
@@ -714,6 +740,14 @@ impl ControlPlane {
         record.tasks.clear();
         record.state = JobState::Stopped;
         txn = txn.put(k, json(&record)?);
+        // Its identity is refused from now on, before its assignments go.
+        let spiffe_id = self
+            .inner
+            .settings
+            .trust_domain
+            .workload(&["ns", &record.namespace, "svc", &record.service])
+            .map_err(|e| CpError::Invalid(e.to_string()))?;
+        self.view_replace_job(&record.key(), &spiffe_id, &[]);
         self.inner.store.txn(txn).await?;
         let job = ringfence_bab::manifest::JobManifest::parse(record.manifest.as_bytes())
             .map_err(CpError::Invalid)?
@@ -824,6 +858,13 @@ impl ControlPlane {
     /// Rebuilds the issuance authority's view from the Store: the placements, and the jobs
     /// whose SVIDs continuous verification withholds.
     pub async fn refresh(&self) -> Result<(), CpError> {
+        // Never between a placement change and its commit: a snapshot read before the commit
+        // would undo the change in the view.
+        let _placing = self.inner.placing.lock().await;
+        self.refresh_locked().await
+    }
+
+    async fn refresh_locked(&self) -> Result<(), CpError> {
         let mut view = AuthorityView::default();
         let prefix = Prefix::new("/cp/assignments/")?;
         let mut page = PageRequest::first(0);
