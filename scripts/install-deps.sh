@@ -4,7 +4,7 @@
 #   libprotobuf-dev    the well-known .proto files protoc imports (google/protobuf/*.proto)
 #   etcd-server        real etcd members started by the tests and the benchmark
 #   openssl            the reference X.509 tool the identity tests check certificates with
-#   gcc, libc6-dev     the sandbox suite builds its static workload (tests/progs/probe.c)
+#   gcc, libc6-dev     the sandbox suite builds its static workload (crates/test-util/progs/probe.c)
 #   busybox-static     the demo images of `ringfence up`, and the sandbox benchmark's rootfs
 #   bubblewrap, crun   the peers the sandbox benchmark is measured against
 #   iproute2           `ip`, which creates a sandbox's veth pair (--net veth:...)

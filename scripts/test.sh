@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
-# One target directory outside the clone: repeat runs and other clones reuse the build.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ringfence-target}"
+# One target directory per clone, outside it: repeat runs reuse the build, and two clones
+# never share one (cargo would keep test binaries built in the other clone, with its paths).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ringfence-target/$(printf %s "$(pwd)" | sha256sum | cut -c1-12)}"
 
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --locked --no-fail-fast "$@"

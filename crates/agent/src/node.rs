@@ -26,6 +26,9 @@ use tokio::sync::watch;
 
 use crate::runner::{Runner, RunnerConfig, TaskEvent, TaskHandle, TaskSpec, TaskState};
 
+/// The shortest time between two reports a task's news triggers.
+const REPORT_GAP: Duration = Duration::from_millis(20);
+
 /// Where a task finds its Workload API socket.
 pub const SOCKET_DIR_INSIDE: &str = "/run/spiffe";
 /// The socket's file name (`SPIFFE_ENDPOINT_SOCKET=unix:///run/spiffe/workload.sock`).
@@ -63,6 +66,8 @@ struct Running {
     assignment: Assignment,
     handle: Option<TaskHandle>,
     api: tokio::task::JoinHandle<()>,
+    api_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    socket: PathBuf,
     rotator: tokio::task::JoinHandle<()>,
     svid: watch::Receiver<Option<X509Material>>,
     state: String,
@@ -88,7 +93,9 @@ pub async fn run(
     let wake = Arc::new(tokio::sync::Notify::new());
     let events = forward(events, Arc::clone(&wake));
     let mut tasks: BTreeMap<String, Running> = BTreeMap::new();
-    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    // Tasks that could not start, with the assignment they could not start as: retried when
+    // their assignment changes.
+    let mut failed: BTreeMap<String, (Assignment, String)> = BTreeMap::new();
     let mut next_poll = tokio::time::Instant::now();
     loop {
         let polling = tokio::time::Instant::now() >= next_poll;
@@ -116,7 +123,7 @@ pub async fn run(
                         stop(r).await;
                     }
                 }
-                failed.retain(|id, _| wanted.contains_key(id));
+                failed.retain(|id, (a, _)| wanted.get(id) == Some(a));
                 for (id, a) in wanted {
                     if tasks.contains_key(&id) || failed.contains_key(&id) {
                         continue;
@@ -127,7 +134,7 @@ pub async fn run(
                         }
                         Err(why) => {
                             tracing::warn!(task = %id, error = %why, "cannot start the task");
-                            failed.insert(id, why);
+                            failed.insert(id, (a, why));
                         }
                     }
                 }
@@ -147,7 +154,7 @@ pub async fn run(
                 svid: r.svid.borrow().is_some(),
             })
             .collect();
-        reports.extend(failed.iter().map(|(id, why)| TaskReport {
+        reports.extend(failed.iter().map(|(id, (_, why))| TaskReport {
             task: id.clone(),
             state: "failed".into(),
             detail: why.clone(),
@@ -159,7 +166,10 @@ pub async fn run(
         }
         tokio::select! {
             () = tokio::time::sleep_until(next_poll) => {}
-            () = wake.notified() => {}
+            () = wake.notified() => {
+                // At most one extra report per REPORT_GAP, however busy the tasks are.
+                tokio::time::sleep(REPORT_GAP.min(cfg.poll)).await;
+            }
             _ = shutdown.changed() => {}
         }
         if *shutdown.borrow() {
@@ -177,10 +187,15 @@ fn forward(events: Receiver<TaskEvent>, wake: Arc<tokio::sync::Notify>) -> Recei
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         while let Ok(ev) = events.recv() {
+            // Drift is logged, not reported: a task looping on refused execs must not turn
+            // into a stream of control-plane writes.
+            let news = ev.drift.is_none();
             if tx.send(ev).is_err() {
                 return;
             }
-            wake.notify_one();
+            if news {
+                wake.notify_one();
+            }
         }
     });
     rx
@@ -211,7 +226,17 @@ fn drain(events: &Receiver<TaskEvent>, tasks: &mut BTreeMap<String, Running>) {
 }
 
 async fn stop(mut r: Running) {
-    r.api.abort();
+    // The server stops accepting and closes its listener; then the socket file goes.
+    if let Some(s) = r.api_stop.take() {
+        let _ = s.send(());
+    }
+    if tokio::time::timeout(Duration::from_secs(2), &mut r.api)
+        .await
+        .is_err()
+    {
+        r.api.abort();
+    }
+    let _ = std::fs::remove_file(&r.socket);
     r.rotator.abort();
     if let Some(h) = r.handle.take() {
         let _ = tokio::task::spawn_blocking(move || h.stop()).await;
@@ -259,6 +284,12 @@ async fn start(
     a: Assignment,
     wake: &Arc<tokio::sync::Notify>,
 ) -> Result<Running, String> {
+    if !crate::runner::valid_id(&a.task) {
+        return Err(format!(
+            "task id {:?}: use letters, digits, '.', '-' and '_' (at most 128)",
+            a.task
+        ));
+    }
     let digest = Sha256::parse(&a.digest).map_err(|e| format!("digest: {e}"))?;
     let root = &cfg.runner.root;
     // The agent's root must be traversable by the tasks' uids (their rootfs and /work are
@@ -336,8 +367,13 @@ async fn start(
     let socket: PathBuf = sock_dir.join(SOCKET_NAME);
     let server = WorkloadApi::new(rx.clone()).with_socket_owner(handle.uid());
     let task = a.task.clone();
+    let (api_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let path = socket.clone();
     let api_task = tokio::spawn(async move {
-        if let Err(e) = server.serve(&socket, std::future::pending()).await {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = server.serve(&path, shutdown).await {
             tracing::error!(%task, error = %e, "the task's Workload API stopped");
         }
     });
@@ -345,6 +381,8 @@ async fn start(
         assignment: a,
         handle: Some(handle),
         api: api_task,
+        api_stop: Some(api_stop),
+        socket,
         rotator,
         svid: rx,
         state: "starting".into(),

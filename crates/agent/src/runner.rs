@@ -237,7 +237,8 @@ pub struct Runner {
     events: Sender<TaskEvent>,
 }
 
-fn valid_id(id: &str) -> bool {
+/// Whether `id` is usable as a task id (and so as a directory name).
+pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && !id.starts_with('.')

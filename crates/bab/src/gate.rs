@@ -539,14 +539,21 @@ impl Gate {
     }
 
     /// Jobs whose SVID renewal must stop (for the CA).
+    ///
+    /// An unreadable status record is an error, never "not revoked": the CA's authority then
+    /// refuses until it is repaired (fail closed).
     pub async fn revoked(&self) -> Result<Vec<Status>, GateError> {
-        Ok(self
-            .list("/bab/status/")
-            .await?
-            .into_iter()
-            .filter_map(|(_, v)| serde_json::from_slice::<Status>(&v).ok())
-            .filter(|s| s.revoke_svid)
-            .collect())
+        let mut out = Vec::new();
+        for (key, v) in self.list("/bab/status/").await? {
+            let s: Status = serde_json::from_slice(&v).map_err(|e| GateError::Corrupt {
+                key: key.to_string(),
+                why: e.to_string(),
+            })?;
+            if s.revoke_svid {
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
     /// Runs until `shutdown`: a pass when a policy changes, when the earliest `next_check`

@@ -1,7 +1,7 @@
 //! The runtime sandbox against native execution, bubblewrap and crun on one rootfs, in one run:
 //! start-to-exit of `/bin/true`, the cost of a filtered syscall (`getppid`), a syscall-heavy
 //! loop (create/stat/unlink on tmpfs) and a compute loop. The workload is the sandbox suite's
-//! static probe (`crates/cli/tests/progs/probe.c`), which times its own loops.
+//! static probe (`crates/test-util/progs/probe.c`), which times its own loops.
 
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};

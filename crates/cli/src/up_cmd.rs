@@ -124,6 +124,18 @@ fn sign_once(path: &Path, stmt: &serde_json::Value, keys: &[&SigningKey]) -> Res
 }
 
 pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
+    // Ctrl-C is ours from the start (installed now, not when the wait begins), so an
+    // interrupt at any moment ends in a clean stop of the agents and their tasks.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot handle Ctrl-C")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    {
+        let ctrl_c = stop_tx.clone();
+        tokio::spawn(async move {
+            let _ = sigint.recv().await;
+            let _ = ctrl_c.send(true);
+        });
+    }
     let data = &settings.data_dir;
     std::fs::create_dir_all(data)
         .with_context(|| format!("cannot create the data directory {}", data.display()))?;
@@ -325,7 +337,6 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
     for (id, pool) in MACHINES {
         cp.assign_pool(id, pool, "ringfence-up").await?;
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let local: Arc<dyn ControlPlaneApi> = Arc::new(ringfence_agent::node::Local {
         cp: cp.clone(),
         artifacts: artifacts.clone(),
@@ -339,7 +350,15 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
             // this binary, which carries the same init.
             let exe = std::env::current_exe().context("cannot find the ringfence binary")?;
             let small = exe.with_file_name("ringfence-sandbox-init");
-            let init = if small.is_file() { small } else { exe };
+            // It runs as root: only a file owned like this binary and writable by nobody else.
+            let trusted = |p: &Path| {
+                use std::os::unix::fs::MetadataExt;
+                match (std::fs::metadata(p), std::fs::metadata(&exe)) {
+                    (Ok(m), Ok(e)) => m.is_file() && m.uid() == e.uid() && m.mode() & 0o022 == 0,
+                    _ => false,
+                }
+            };
+            let init = if trusted(&small) { small } else { exe.clone() };
             for (i, (id, _)) in MACHINES.iter().enumerate() {
                 let cfg = AgentConfig {
                     registration: Registration {
@@ -456,6 +475,9 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
                 println!("      every task runs with its SVID");
                 break;
             }
+            if *stop_rx.borrow() {
+                break;
+            }
             if failed {
                 println!(
                     "      a task could not start (DETAIL says why); its agent does not retry it until its job changes"
@@ -482,11 +504,6 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
         "\nTry next:\n  ringfence --data-dir {d} bab report                      # the report again (--output json)\n  ringfence --data-dir {d} audit tail                      # every verdict, placement and SVID, in the tamper-evident log\n  ringfence --data-dir {d} audit verify                    # recompute the log and check its signatures\n  ringfence --data-dir {d} artifact list                   # the demo images and their attestations\n  cat {d}/agents/prod-1/tasks/*/stdout.log                   # what the demo tasks printed\n  ringfence --data-dir {d} attest verify --policy {d}/demo/web.policy.yaml --image {d}/demo/web-oci \\\n      --repository registry.ringfence.local/demo/web --job {d}/demo/jobs/web.yaml\n  ringfence --data-dir {d} bab admit --job {d}/demo/jobs/worker.yaml --break-glass \"INC-1: demo\"\n  cat {d}/notifications/*.jsonl                             # what the security team and the owners were told\n(commands that open the embedded store work while `ringfence up` is stopped)\n"
     );
     if !once {
-        let ctrl_c = stop_tx.clone();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            let _ = ctrl_c.send(true);
-        });
         println!(
             "Running: continuous verification (every policy change, and at least daily), the agents and their tasks. Ctrl-C stops."
         );

@@ -1,5 +1,5 @@
 //! The sandbox's escape and abuse suite (issue: runtime sandbox), run against the real
-//! `ringfence sandbox run` as root. The workload is `tests/progs/probe.c`, built static by
+//! `ringfence sandbox run` as root. The workload is `crates/test-util/progs/probe.c`, built static by
 //! each test; each attack is a named test asserting the refusal and what the user sees.
 
 #![allow(

@@ -291,7 +291,13 @@ async fn a_compliant_job_runs_in_the_sandbox_and_its_task_holds_its_svid() {
         if text.contains("/run/spiffe/workload.sock: connected") {
             break;
         }
-        assert!(Instant::now() < deadline, "{}: {text:?}", log.display());
+        assert!(
+            Instant::now() < deadline,
+            "{}: {text:?}; stderr: {:?}; status: {:?}",
+            log.display(),
+            std::fs::read_to_string(log.with_file_name("stderr.log")),
+            e.cp.task_statuses().await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // That socket serves the task's SVID, with the right SPIFFE ID, to an unmodified client;

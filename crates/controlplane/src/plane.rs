@@ -27,6 +27,9 @@ use crate::model::{
 /// Most replicas of one job (a job's placement is one Store transaction).
 pub const MAX_REPLICAS: u32 = 30;
 
+/// Longest task id (`<namespace>.<service>.<job>.<replica>`), as agents accept them.
+pub const MAX_TASK_ID: usize = 128;
+
 /// Resources a task reserves when its manifest names none.
 pub const DEFAULT_RESOURCES: Resources = Resources {
     cpu_milli: 100,
@@ -334,12 +337,25 @@ impl ControlPlane {
         .await?;
         // A (re)starting agent knows nothing of its tasks yet: forget what it said before.
         let mut txn = Txn::new().put(k, json(&record)?);
-        for (task, s) in self.task_statuses().await?.into_iter().take(60) {
-            if s.machine == reg.machine {
-                txn = txn.delete(key(&["cp", "tasks", &task])?);
+        let stale: Vec<String> = self
+            .task_statuses()
+            .await?
+            .into_iter()
+            .filter(|(_, s)| s.machine == reg.machine)
+            .map(|(task, _)| task)
+            .collect();
+        let mut ops = 1;
+        for task in stale {
+            txn = txn.delete(key(&["cp", "tasks", &task])?);
+            ops += 1;
+            if ops >= 60 {
+                self.inner.store.txn(std::mem::take(&mut txn)).await?;
+                ops = 0;
             }
         }
-        self.inner.store.txn(txn).await?;
+        if ops > 0 {
+            self.inner.store.txn(txn).await?;
+        }
         Ok(record)
     }
 
@@ -542,11 +558,24 @@ impl ControlPlane {
             cpu_milli: cpu_limit.map_or(DEFAULT_RESOURCES.cpu_milli, |c| (c * 1000.0) as u64),
             memory_mib: memory_limit.map_or(DEFAULT_RESOURCES.memory_mib, |b| b.div_ceil(1 << 20)),
         };
-        let digest = job
-            .image
-            .rsplit_once('@')
-            .map_or(job.image.as_str(), |(_, d)| d)
-            .to_owned();
+        let digest = ringfence_admission::verdict::parse_image(&job.image)
+            .map_err(|e| CpError::Invalid(format!("image {:?}: {e}", job.image)))?
+            .digest
+            .to_string();
+        // `<namespace>.<service>.<job>.<replica>` names directories on the agents.
+        let longest = format!(
+            "{}.{}.{}.{}",
+            job.namespace,
+            job.service,
+            job.name,
+            m.spec.replicas.saturating_sub(1)
+        );
+        if longest.len() > MAX_TASK_ID {
+            return Err(CpError::Invalid(format!(
+                "task ids such as {longest} would be {} characters; namespace, service and job name together must leave them at most {MAX_TASK_ID}",
+                longest.len()
+            )));
+        }
         let spiffe_id = self
             .inner
             .settings
@@ -555,6 +584,22 @@ impl ControlPlane {
             .map_err(|e| CpError::Invalid(e.to_string()))?;
 
         let _placing = self.inner.placing.lock().await;
+        // An SVID names the service, not its environment: one environment per service
+        // identity, or a job admitted under a looser policy elsewhere would share it.
+        if let Some(other) = self.jobs().await?.into_iter().find(|j| {
+            j.namespace == job.namespace
+                && j.service == job.service
+                && j.environment != job.environment
+                && j.state != JobState::Stopped
+        }) {
+            return Err(CpError::Invalid(format!(
+                "{}/{} already runs in environment {} (job {}): one environment per service identity, since its SVID does not name the environment",
+                job.namespace,
+                job.service,
+                other.environment,
+                other.key()
+            )));
+        }
         let verdict = self
             .inner
             .gate
@@ -694,7 +739,14 @@ impl ControlPlane {
             .collect();
         self.view_replace_job(&record.key(), spiffe_id, &machines);
         if let Err(e) = self.inner.store.txn(txn).await {
-            let _ = self.refresh_locked().await;
+            if self.refresh_locked().await.is_err() {
+                // Nothing known for sure: refuse every issuance until a refresh succeeds.
+                self.inner
+                    .view
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .at = None;
+            }
             return Err(e.into());
         }
         Ok(())
@@ -823,8 +875,18 @@ impl ControlPlane {
                         changed = true;
                     }
                     Err(e) => {
-                        if from.is_some() {
+                        if let Some(f) = &from {
                             changed = true;
+                            self.record(
+                                self.event(
+                                    "job.place",
+                                    t.id.clone(),
+                                    Decision::Info,
+                                    &format!("taken off {f} (not heard from); pending: {e}"),
+                                )
+                                .with_detail("job", job.key()),
+                            )
+                            .await?;
                         }
                         t.machine = None;
                         pending.push(e.to_string());
@@ -865,6 +927,20 @@ impl ControlPlane {
     }
 
     async fn refresh_locked(&self) -> Result<(), CpError> {
+        let result = self.rebuild_view().await;
+        if result.is_err() {
+            // Unsure what is placed or withheld: refuse every issuance until a rebuild works
+            // (SVIDs renew at half-life, so a short refusal costs nothing).
+            self.inner
+                .view
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .at = None;
+        }
+        result
+    }
+
+    async fn rebuild_view(&self) -> Result<(), CpError> {
         let mut view = AuthorityView::default();
         let prefix = Prefix::new("/cp/assignments/")?;
         let mut page = PageRequest::first(0);
@@ -980,22 +1056,23 @@ impl IssuanceAuthority for Authority {
                 machine.as_str()
             ));
         };
-        let mut withheld = Vec::new();
-        for j in jobs {
-            match view.withheld.get(j) {
-                None => {
-                    return Ok(IssuanceAuthorization {
-                        spiffe_id: spiffe_id.clone(),
-                        machine: machine.clone(),
-                        not_after: now.saturating_add(inner.settings.authorization_ttl),
-                    });
-                }
-                Some(why) => withheld.push(format!("job {j}: {why}")),
-            }
+        // An SVID names a service, not a job: if any job of this identity on this machine is
+        // withheld, so is the identity (another job of the same service must not keep a
+        // failing one's credentials alive).
+        let withheld: Vec<String> = jobs
+            .iter()
+            .filter_map(|j| view.withheld.get(j).map(|why| format!("job {j}: {why}")))
+            .collect();
+        if !withheld.is_empty() {
+            return Err(format!(
+                "continuous verification withholds SVID renewal: {}",
+                withheld.join("; ")
+            ));
         }
-        Err(format!(
-            "continuous verification withholds SVID renewal: {}",
-            withheld.join("; ")
-        ))
+        Ok(IssuanceAuthorization {
+            spiffe_id: spiffe_id.clone(),
+            machine: machine.clone(),
+            not_after: now.saturating_add(inner.settings.authorization_ttl),
+        })
     }
 }

@@ -497,3 +497,78 @@ async fn reports_discovery_and_stop() {
     let err = e.cp.report("nobody", &[]).await.unwrap_err();
     assert_eq!(err.to_string(), "machine nobody is not registered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_verification_status_withholds_every_identity() {
+    let mut e = env().await;
+    e.fleet().await;
+    e.policy("enforce", "").await;
+    let m = e.manifest("web-1", "hardened", 1);
+    let atts = e.attestations(&m);
+    let job =
+        e.cp.submit(&m, &atts, &Request::Normal, "alice")
+            .await
+            .unwrap();
+    let machine = job.tasks[0].machine.clone().unwrap();
+    e.issue(&machine, WEB).await.unwrap();
+    // A damaged continuous-verification record: never read as "not withheld".
+    e.store
+        .put(
+            &ringfence_store::Key::new("/bab/status/damaged").unwrap(),
+            b"{not json".to_vec(),
+            ringfence_store::Expect::Any,
+        )
+        .await
+        .unwrap();
+    let err = e.cp.refresh().await.unwrap_err();
+    assert!(err.to_string().contains("/bab/status/damaged"), "{err}");
+    let why = refused(e.issue(&machine, WEB).await);
+    assert!(why.contains("view of placements is stale"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_service_identity_runs_in_one_environment_and_ids_stay_short() {
+    let mut e = env().await;
+    e.fleet().await;
+    e.policy("enforce", "").await;
+    let m = e.manifest("web-1", "hardened", 1);
+    let atts = e.attestations(&m);
+    e.cp.submit(&m, &atts, &Request::Normal, "alice")
+        .await
+        .unwrap();
+    let staging = String::from_utf8(e.manifest("web-2", "hardened", 1))
+        .unwrap()
+        .replace("environment: production", "environment: staging");
+    let err =
+        e.cp.submit(staging.as_bytes(), &[], &Request::Normal, "alice")
+            .await
+            .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("payments/web already runs in environment production (job payments/web-1)"),
+        "{err}"
+    );
+    let long = "x".repeat(63);
+    let m = String::from_utf8(e.manifest(&long, "hardened", 1))
+        .unwrap()
+        .replace("service: web", &format!("service: {long}"));
+    let err =
+        e.cp.submit(m.as_bytes(), &[], &Request::Normal, "alice")
+            .await
+            .unwrap_err();
+    assert!(
+        err.to_string().contains("must leave them at most 128"),
+        "{err}"
+    );
+    let tag = String::from_utf8(e.manifest("web-3", "hardened", 1)).unwrap();
+    let tag = tag.replace(&format!("@{}", e.f.image), ":latest");
+    let err =
+        e.cp.submit(tag.as_bytes(), &[], &Request::Normal, "alice")
+            .await
+            .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("image \"registry.acme.test/payments/web:latest\""),
+        "{err}"
+    );
+}

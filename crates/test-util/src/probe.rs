@@ -1,11 +1,13 @@
-//! The sandbox suites' workload: one static C program (`crates/cli/tests/progs/probe.c`), one
-//! attempt per subcommand, built with gcc by the tests and the benchmark alike.
+//! The sandbox suites' workload: one static C program (`crates/test-util/progs/probe.c`), one
+//! attempt per subcommand, built with gcc by the tests and the benchmark alike. It lives inside
+//! this crate: cargo records a file outside the package by its absolute path, so a target
+//! directory shared between clones could miss a change to it.
 
 use std::path::Path;
 use std::process::Command;
 
 /// The probe's source.
-pub const SOURCE: &str = include_str!("../../cli/tests/progs/probe.c");
+pub const SOURCE: &str = include_str!("../progs/probe.c");
 
 /// Builds the probe, statically linked, at `out`.
 pub fn build(out: &Path) -> anyhow::Result<()> {
