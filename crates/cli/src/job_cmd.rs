@@ -247,9 +247,7 @@ pub async fn run(cmd: JobCommand, settings: &Settings) -> Result<u8> {
             let Some(machine) = &task.machine else {
                 anyhow::bail!("{} is not placed", task.id);
             };
-            let file = settings
-                .data_dir
-                .join("agents")
+            let file = crate::up_cmd::agents_root(&settings.data_dir)
                 .join(machine)
                 .join("tasks")
                 .join(&task.id)

@@ -304,6 +304,14 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
         5,
         "the CA, the control plane, and four local agents as machines",
     );
+    let agents_dir = agents_root(data);
+    if agents_dir != data.join("agents") {
+        println!(
+            "      task directories in {} (the tasks' own uids cannot reach {})",
+            agents_dir.display(),
+            data.display()
+        );
+    }
     let id_dir = data.join("identity");
     if !id_dir.join("ca.key").exists() {
         let td = TrustDomain::parse(TRUST_DOMAIN)?;
@@ -370,7 +378,7 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
                         address: "127.0.0.1".into(),
                     },
                     runner: RunnerConfig {
-                        root: data.join("agents").join(id),
+                        root: agents_dir.join(id),
                         init_program: init.clone(),
                         uid_base: UID_BASE + (i as u32) * UIDS_PER_AGENT,
                         uid_count: UIDS_PER_AGENT,
@@ -486,8 +494,8 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
             }
             if std::time::Instant::now() > deadline {
                 println!(
-                    "      not every task is running with its SVID after 60 s; see the agents' logs under {}/agents",
-                    data.display()
+                    "      not every task is running with its SVID after 60 s; see the agents' logs under {}",
+                    agents_dir.display()
                 );
                 break;
             }
@@ -501,7 +509,7 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
     }
     let d = data.display();
     println!(
-        "\nTry next:\n  ringfence --data-dir {d} bab report                      # the report again (--output json)\n  ringfence --data-dir {d} audit tail                      # every verdict, placement and SVID, in the tamper-evident log\n  ringfence --data-dir {d} audit verify                    # recompute the log and check its signatures\n  ringfence --data-dir {d} artifact list                   # the demo images and their attestations\n  cat {d}/agents/prod-1/tasks/*/stdout.log                   # what the demo tasks printed\n  ringfence --data-dir {d} attest verify --policy {d}/demo/web.policy.yaml --image {d}/demo/web-oci \\\n      --repository registry.ringfence.local/demo/web --job {d}/demo/jobs/web.yaml\n  ringfence --data-dir {d} bab admit --job {d}/demo/jobs/worker.yaml --break-glass \"INC-1: demo\"\n  cat {d}/notifications/*.jsonl                             # what the security team and the owners were told\n(commands that open the embedded store work while `ringfence up` is stopped)\n"
+        "\nTry next:\n  ringfence --data-dir {d} bab report                      # the report again (--output json)\n  ringfence --data-dir {d} audit tail                      # every verdict, placement and SVID, in the tamper-evident log\n  ringfence --data-dir {d} audit verify                    # recompute the log and check its signatures\n  ringfence --data-dir {d} artifact list                   # the demo images and their attestations\n  ringfence --data-dir {d} job list                        # the jobs, their verdicts and machines (job status|logs|stop)\n  ringfence --data-dir {d} attest verify --policy {d}/demo/web.policy.yaml --image {d}/demo/web-oci \\\n      --repository registry.ringfence.local/demo/web --job {d}/demo/jobs/web.yaml\n  ringfence --data-dir {d} bab admit --job {d}/demo/jobs/worker.yaml --break-glass \"INC-1: demo\"\n  cat {d}/notifications/*.jsonl                             # what the security team and the owners were told\n(commands that open the embedded store work while `ringfence up` is stopped)\n"
     );
     if !once {
         println!(
@@ -549,6 +557,25 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
         println!("stopped; run `ringfence up` again to resume");
     }
     Ok(exit::SUCCESS)
+}
+
+/// Where the local agents keep their tasks: `<data-dir>/agents`, unless a directory above it is
+/// not searchable by other users (`/root` usually is not), since each task's own uid must reach
+/// its root filesystem and `/work` there; then under `/run/ringfence/up/<hash of the data dir>`.
+pub(crate) fn agents_root(data: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let abs = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_owned());
+    let reachable = abs
+        .ancestors()
+        .skip(1)
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    if reachable {
+        return data.join("agents");
+    }
+    let hash = statement::Sha256::of(abs.as_os_str().as_encoded_bytes());
+    std::path::PathBuf::from("/run/ringfence/up")
+        .join(hash.hex().get(..12).unwrap_or("0"))
+        .join("agents")
 }
 
 /// Why this host cannot run the demo tasks in the sandbox, if it cannot.
