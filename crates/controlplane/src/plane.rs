@@ -204,6 +204,15 @@ impl ControlPlane {
         })
     }
 
+    /// The identity of a service's tasks: `spiffe://<td>/ns/<namespace>/svc/<service>`.
+    pub fn service_id(&self, namespace: &str, service: &str) -> Result<SpiffeId, CpError> {
+        self.inner
+            .settings
+            .trust_domain
+            .workload(&["ns", namespace, "svc", service])
+            .map_err(|e| CpError::Invalid(e.to_string()))
+    }
+
     /// The admission gate.
     pub fn gate(&self) -> &Gate {
         &self.inner.gate
@@ -576,12 +585,7 @@ impl ControlPlane {
                 longest.len()
             )));
         }
-        let spiffe_id = self
-            .inner
-            .settings
-            .trust_domain
-            .workload(&["ns", &job.namespace, "svc", &job.service])
-            .map_err(|e| CpError::Invalid(e.to_string()))?;
+        let spiffe_id = self.service_id(&job.namespace, &job.service)?;
 
         let _placing = self.inner.placing.lock().await;
         // An SVID names the service, not its environment: one environment per service
@@ -793,12 +797,7 @@ impl ControlPlane {
         record.state = JobState::Stopped;
         txn = txn.put(k, json(&record)?);
         // Its identity is refused from now on, before its assignments go.
-        let spiffe_id = self
-            .inner
-            .settings
-            .trust_domain
-            .workload(&["ns", &record.namespace, "svc", &record.service])
-            .map_err(|e| CpError::Invalid(e.to_string()))?;
+        let spiffe_id = self.service_id(&record.namespace, &record.service)?;
         self.view_replace_job(&record.key(), &spiffe_id, &[]);
         self.inner.store.txn(txn).await?;
         let job = ringfence_bab::manifest::JobManifest::parse(record.manifest.as_bytes())
@@ -902,12 +901,7 @@ impl ControlPlane {
             } else {
                 JobState::Pending(pending.join("; "))
             };
-            let spiffe_id = self
-                .inner
-                .settings
-                .trust_domain
-                .workload(&["ns", &job.namespace, "svc", &job.service])
-                .map_err(|e| CpError::Invalid(e.to_string()))?;
+            let spiffe_id = self.service_id(&job.namespace, &job.service)?;
             self.write_job(&job, &spiffe_id).await?;
         }
         drop(_placing);
