@@ -74,10 +74,11 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start everything that runs today with embedded defaults, admit the demo application,
-    /// and keep continuous verification running until Ctrl-C (again: resumes the same state)
+    /// Run the whole chain on this machine with embedded defaults: the CA, the control plane
+    /// and four local agents; the demo jobs admitted, placed and run in the sandbox with their
+    /// SVIDs; then continuous verification until Ctrl-C (again: resumes the same state; root)
     Up {
-        /// Set up, admit, print the report, and exit instead of running on
+        /// Stop once every demo task runs with its SVID (or after 60 s) instead of running on
         #[arg(long)]
         once: bool,
     },
