@@ -106,11 +106,7 @@ fn row(name: &str, f: &Figures) {
 }
 
 pub async fn run(jobs: usize, poll: Duration, dir: &Path) -> Result<()> {
-    let uid = std::fs::read_to_string("/proc/self/status")?
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:").map(str::to_owned))
-        .unwrap_or_default();
-    if uid.split_whitespace().nth(1) != Some("0") {
+    if !ringfence_sandbox::run::is_root() {
         bail!("the lifecycle benchmark runs tasks in the sandbox: run it as root");
     }
     let tmp = tempfile::Builder::new()

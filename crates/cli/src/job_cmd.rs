@@ -105,15 +105,6 @@ fn placement(j: &JobRecord) -> String {
     }
 }
 
-fn state_word(s: &JobState) -> &'static str {
-    match s {
-        JobState::Placed => "placed",
-        JobState::Pending(_) => "pending",
-        JobState::Refused(_) => "refused",
-        JobState::Stopped => "stopped",
-    }
-}
-
 pub async fn run(cmd: JobCommand, settings: &Settings) -> Result<u8> {
     match cmd {
         JobCommand::Submit {
@@ -145,7 +136,7 @@ pub async fn run(cmd: JobCommand, settings: &Settings) -> Result<u8> {
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&record)?),
                 Output::Text => {
-                    let word = state_word(&record.state).to_uppercase();
+                    let word = record.state.name().to_uppercase();
                     match &record.state {
                         JobState::Refused(_) => println!("{word} {}", record.key()),
                         _ => println!("{word} {} ({})", record.key(), record.verdict),
@@ -181,9 +172,9 @@ pub async fn run(cmd: JobCommand, settings: &Settings) -> Result<u8> {
                             "{:<28} {:<12} {:<9} {:<12} {:<12} {}",
                             j.key(),
                             j.service,
-                            state_word(&j.state),
+                            j.state.name(),
                             j.ring.to_string(),
-                            j.verdict.split([':', ' ']).next().unwrap_or_default(),
+                            j.basis(),
                             placement(j)
                         );
                     }

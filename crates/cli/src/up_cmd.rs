@@ -447,7 +447,7 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
             .submit(&manifest, &atts, &Request::Normal, "ringfence-up")
             .await?;
         let admitted = job.admission.is_some() && !matches!(job.state, JobState::Refused(_));
-        let basis = job.verdict.split([':', ' ']).next().unwrap_or_default();
+        let basis = job.basis();
         let place = match &job.state {
             JobState::Placed => format!(
                 "placed on {}",
@@ -580,16 +580,7 @@ pub(crate) fn agents_root(data: &Path) -> std::path::PathBuf {
 
 /// Why this host cannot run the demo tasks in the sandbox, if it cannot.
 fn can_run_tasks() -> std::result::Result<(), String> {
-    // The sandbox maps each task's root to a host uid of its own, which needs root.
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .unwrap_or_default();
-    if uid != "0" {
+    if !ringfence_sandbox::run::is_root() {
         return Err(
             "the sandbox needs root to give each task a uid of its own (run as root)".into(),
         );

@@ -74,13 +74,23 @@ pub enum JobState {
     Stopped,
 }
 
+impl JobState {
+    /// The state in a word (`placed`, `pending`, `refused`, `stopped`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Placed => "placed",
+            Self::Pending(_) => "pending",
+            Self::Refused(_) => "refused",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
 impl std::fmt::Display for JobState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Placed => f.write_str("placed"),
-            Self::Pending(why) => write!(f, "pending: {why}"),
-            Self::Refused(why) => write!(f, "refused: {why}"),
-            Self::Stopped => f.write_str("stopped"),
+            Self::Pending(why) | Self::Refused(why) => write!(f, "{}: {why}", self.name()),
+            Self::Placed | Self::Stopped => f.write_str(self.name()),
         }
     }
 }
@@ -147,6 +157,12 @@ impl JobRecord {
     /// `namespace/name`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// How admission decided, in a word (`compliant`, `dry-run`, `denied`...): the start of
+    /// [`JobRecord::verdict`].
+    pub fn basis(&self) -> &str {
+        self.verdict.split([':', ' ']).next().unwrap_or_default()
     }
 }
 

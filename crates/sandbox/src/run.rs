@@ -293,6 +293,13 @@ impl std::fmt::Debug for Running {
     }
 }
 
+/// Whether this process may start sandboxes (each maps the task's root to a host uid of its
+/// own, which needs root).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Starts a sandbox: prepares the rootfs, creates the cgroups, starts the init in new
 /// namespaces, maps its uid/gid, and waits until the task is about to exec (its exec is the
 /// supervisor's first decision). `report` sees every event as it happens.
@@ -300,8 +307,7 @@ pub fn start(
     cfg: &Config,
     report: Arc<dyn Fn(&Event) + Send + Sync>,
 ) -> Result<Running, SandboxError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         return Err(SandboxError::NotRoot);
     }
     if cfg.host_uid == 0 || cfg.host_gid == 0 {
