@@ -4,6 +4,7 @@
 //! with the SVID the CA issued for it, and reports every task's state.
 
 pub mod node;
+pub mod remote;
 pub mod runner;
 
 pub use node::{AgentConfig, ControlPlaneApi};

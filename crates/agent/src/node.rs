@@ -17,7 +17,9 @@ use async_trait::async_trait;
 use ringfence_controlplane::{Assignment, MachineRecord, Registration, TaskReport};
 use ringfence_core::{Clock, MachineId};
 use ringfence_identity::IssuanceService;
-use ringfence_identity::workload_api::{WorkloadApi, X509Material, run_rotator};
+use ringfence_identity::workload_api::{
+    LocalIssuer, SvidSource, WorkloadApi, X509Material, run_rotator_from,
+};
 use ringfence_provenance::oci::ImageLayout;
 use ringfence_provenance::statement::Sha256;
 use ringfence_sandbox::cgroup::Limits;
@@ -45,8 +47,8 @@ pub trait ControlPlaneApi: Send + Sync {
     async fn report(&self, machine: &str, reports: &[TaskReport]) -> Result<(), String>;
     /// Writes the image with manifest digest `digest` as an OCI layout into `dir`.
     async fn fetch_image(&self, digest: &Sha256, dir: &Path) -> Result<(), String>;
-    /// The CA this agent sends its tasks' CSRs to.
-    fn issuance(&self) -> Arc<IssuanceService>;
+    /// Where this machine's tasks obtain their SVIDs (the CA, which asks the control plane).
+    fn svids(&self, machine: &MachineId) -> Arc<dyn SvidSource>;
 }
 
 /// The agent's settings.
@@ -84,7 +86,22 @@ pub async fn run(
 ) -> Result<(), String> {
     let machine_id = cfg.registration.machine.clone();
     let machine = MachineId::parse(&machine_id).map_err(|e| format!("machine id: {e}"))?;
-    let record = api.register(&cfg.registration).await?;
+    // Registration is retried while the control plane cannot be reached.
+    let record = loop {
+        match api.register(&cfg.registration).await {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register; retrying in 1 s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                if *shutdown.borrow() {
+                    return Ok(());
+                }
+            }
+        }
+    };
     tracing::info!(machine = %machine_id, pool = %record.pool, "registered");
     let (runner, events) = Runner::new(cfg.runner.clone());
     let runner = Arc::new(runner);
@@ -348,9 +365,8 @@ async fn start(
             .map_err(|e| e.to_string())?
     };
     let (tx, rx) = watch::channel(None);
-    let rotator = tokio::spawn(run_rotator(
-        api.issuance(),
-        machine.clone(),
+    let rotator = tokio::spawn(run_rotator_from(
+        api.svids(machine),
         a.spiffe_id.clone(),
         Arc::clone(clock),
         tx,
@@ -438,7 +454,10 @@ impl ControlPlaneApi for Local {
             .map_err(|e| e.to_string())
     }
 
-    fn issuance(&self) -> Arc<IssuanceService> {
-        Arc::clone(&self.issuance)
+    fn svids(&self, machine: &MachineId) -> Arc<dyn SvidSource> {
+        Arc::new(LocalIssuer::new(
+            Arc::clone(&self.issuance),
+            machine.clone(),
+        ))
     }
 }

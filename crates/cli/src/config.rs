@@ -21,6 +21,8 @@ struct FileConfig {
     store: Option<String>,
     log_format: Option<LogFormat>,
     notify: Option<ringfence_bab::NotifyConfig>,
+    server: Option<String>,
+    credentials: Option<PathBuf>,
 }
 
 /// Effective settings for this run.
@@ -34,6 +36,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Notification sinks (`[notify]`).
     pub notify: ringfence_bab::NotifyConfig,
+    /// A control plane to talk to over the network (`host:port`), instead of the Store.
+    pub server: Option<std::net::SocketAddr>,
+    /// The user certificate for it (default: `<data-dir>/admin`, the bootstrap admin).
+    pub credentials: Option<PathBuf>,
 }
 
 impl Settings {
@@ -58,11 +64,20 @@ impl Settings {
             .log_format
             .or(file.log_format)
             .unwrap_or(LogFormat::Text);
+        let server = match args.server.clone().or(file.server) {
+            None => None,
+            Some(s) => Some(
+                s.parse::<std::net::SocketAddr>()
+                    .with_context(|| format!("invalid --server {s:?}: expected host-ip:port"))?,
+            ),
+        };
         Ok(Self {
             data_dir,
             store,
             log_format,
             notify: file.notify.unwrap_or_default(),
+            server,
+            credentials: args.credentials.clone().or(file.credentials),
         })
     }
 }

@@ -73,6 +73,14 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         {
             return NOT_FOUND;
         }
+        if let Some(e) = cause.downcast_ref::<crate::client::ApiError>() {
+            return match e.code {
+                tonic::Code::Unavailable => UNAVAILABLE,
+                tonic::Code::NotFound => NOT_FOUND,
+                tonic::Code::InvalidArgument => FAILURE,
+                _ => FAILURE,
+            };
+        }
         if cause.downcast_ref::<crate::store_cmd::NotFound>().is_some() {
             return NOT_FOUND;
         }

@@ -283,6 +283,21 @@ impl IssuanceAuthority for Given {
     }
 }
 
+/// Creates a CA for `trust_domain` in `dir` unless there is one; whether it made one.
+pub(crate) fn ensure_ca(dir: &Path, trust_domain: &str) -> Result<bool> {
+    if dir.join("ca.key").exists() {
+        return Ok(false);
+    }
+    let td = TrustDomain::parse(trust_domain)?;
+    let ca = Ca::generate(
+        td,
+        ringfence_core::Clock::now(&ringfence_core::SystemClock),
+        Duration::from_secs(365 * 86_400),
+    )?;
+    save_new_ca(dir, ca)?;
+    Ok(true)
+}
+
 /// Writes a new CA into `dir`: its key and certificate, a JWT signing key, the trust domain.
 pub(crate) fn save_new_ca(dir: &Path, ca: Ca) -> Result<()> {
     let td = ca.trust_domain().clone();

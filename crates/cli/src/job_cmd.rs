@@ -7,11 +7,16 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use ringfence_admission::verdict::Request;
-use ringfence_controlplane::{ControlPlane, JobRecord, JobState, Settings as CpSettings};
+use std::collections::BTreeMap;
+
+use ringfence_controlplane::{
+    ControlPlane, JobRecord, JobState, Settings as CpSettings, TaskStatus,
+};
 use ringfence_core::SystemClock;
 
 use crate::attest_cmd::{Output, read_attestations};
 use crate::bab_cmd::who;
+use crate::client::call_error;
 use crate::config::Settings;
 use crate::exit;
 
@@ -106,6 +111,9 @@ fn placement(j: &JobRecord) -> String {
 }
 
 pub async fn run(cmd: JobCommand, settings: &Settings) -> Result<u8> {
+    if let Some(api) = crate::client::admin(settings)? {
+        return remote(cmd, api).await;
+    }
     match cmd {
         JobCommand::Submit {
             file,
@@ -133,97 +141,18 @@ pub async fn run(cmd: JobCommand, settings: &Settings) -> Result<u8> {
             };
             let cp = control_plane(settings).await?;
             let record = cp.submit(&manifest, &atts, &request, &by).await?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&record)?),
-                Output::Text => {
-                    let word = record.state.name().to_uppercase();
-                    match &record.state {
-                        JobState::Refused(_) => println!("{word} {}", record.key()),
-                        _ => println!("{word} {} ({})", record.key(), record.verdict),
-                    }
-                    match &record.state {
-                        JobState::Placed => {
-                            for t in &record.tasks {
-                                println!("  {} on {}", t.id, t.machine.as_deref().unwrap_or("-"));
-                            }
-                        }
-                        JobState::Pending(why) | JobState::Refused(why) => println!("  {why}"),
-                        JobState::Stopped => {}
-                    }
-                }
-            }
-            Ok(if matches!(record.state, JobState::Refused(_)) {
-                exit::FAILURE
-            } else {
-                exit::SUCCESS
-            })
+            print_submitted(&record, output)
         }
         JobCommand::List { output } => {
             let jobs = control_plane(settings).await?.jobs().await?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&jobs)?),
-                Output::Text => {
-                    println!(
-                        "{:<28} {:<12} {:<9} {:<12} {:<12} PLACED ON",
-                        "JOB", "SERVICE", "STATE", "RING", "ADMISSION"
-                    );
-                    for j in &jobs {
-                        println!(
-                            "{:<28} {:<12} {:<9} {:<12} {:<12} {}",
-                            j.key(),
-                            j.service,
-                            j.state.name(),
-                            j.ring.to_string(),
-                            j.basis(),
-                            placement(j)
-                        );
-                    }
-                }
-            }
-            Ok(exit::SUCCESS)
+            print_list(&jobs, output)
         }
         JobCommand::Status { job, output } => {
             let (ns, name) = split(&job)?;
             let cp = control_plane(settings).await?;
             let record = cp.job(ns, name).await?;
             let statuses = cp.task_statuses().await?;
-            match output {
-                Output::Json => {
-                    let tasks: Vec<_> = record
-                        .tasks
-                        .iter()
-                        .map(|t| serde_json::json!({"placement": t, "status": statuses.get(&t.id)}))
-                        .collect();
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(
-                            &serde_json::json!({"job": record, "tasks": tasks})
-                        )?
-                    );
-                }
-                Output::Text => {
-                    println!("job       {}", record.key());
-                    println!("service   {}/{}", record.namespace, record.service);
-                    println!("image     {}", record.image);
-                    println!("ring      {}", record.ring);
-                    println!("verdict   {}", record.verdict);
-                    println!("state     {}", record.state);
-                    for t in &record.tasks {
-                        let machine = t.machine.as_deref().unwrap_or("-");
-                        let s = statuses.get(&t.id).filter(|s| s.machine == machine);
-                        println!(
-                            "  {:<32} {:<10} {:<10} svid={} restarts={} {}",
-                            t.id,
-                            machine,
-                            s.map_or("assigned", |s| s.report.state.as_str()),
-                            s.is_some_and(|s| s.report.svid),
-                            s.map_or(0, |s| s.report.restarts),
-                            s.map_or("", |s| s.report.detail.as_str())
-                        );
-                    }
-                }
-            }
-            Ok(exit::SUCCESS)
+            print_status(&record, &statuses, output)
         }
         JobCommand::Logs {
             job,
@@ -260,6 +189,211 @@ pub async fn run(cmd: JobCommand, settings: &Settings) -> Result<u8> {
                 .stop(ns, name, &who(by))
                 .await?;
             println!("stopped {}", record.key());
+            Ok(exit::SUCCESS)
+        }
+    }
+}
+
+fn print_submitted(record: &JobRecord, output: Output) -> Result<u8> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&record)?),
+        Output::Text => {
+            let word = record.state.name().to_uppercase();
+            match &record.state {
+                JobState::Refused(_) => println!("{word} {}", record.key()),
+                _ => println!("{word} {} ({})", record.key(), record.verdict),
+            }
+            match &record.state {
+                JobState::Placed => {
+                    for t in &record.tasks {
+                        println!("  {} on {}", t.id, t.machine.as_deref().unwrap_or("-"));
+                    }
+                }
+                JobState::Pending(why) | JobState::Refused(why) => println!("  {why}"),
+                JobState::Stopped => {}
+            }
+        }
+    }
+    Ok(if matches!(record.state, JobState::Refused(_)) {
+        exit::FAILURE
+    } else {
+        exit::SUCCESS
+    })
+}
+
+fn print_list(jobs: &[JobRecord], output: Output) -> Result<u8> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&jobs)?),
+        Output::Text => {
+            println!(
+                "{:<28} {:<12} {:<9} {:<12} {:<12} PLACED ON",
+                "JOB", "SERVICE", "STATE", "RING", "ADMISSION"
+            );
+            for j in jobs {
+                println!(
+                    "{:<28} {:<12} {:<9} {:<12} {:<12} {}",
+                    j.key(),
+                    j.service,
+                    j.state.name(),
+                    j.ring.to_string(),
+                    j.basis(),
+                    placement(j)
+                );
+            }
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn print_status(
+    record: &JobRecord,
+    statuses: &BTreeMap<String, TaskStatus>,
+    output: Output,
+) -> Result<u8> {
+    match output {
+        Output::Json => {
+            let tasks: Vec<_> = record
+                .tasks
+                .iter()
+                .map(|t| serde_json::json!({"placement": t, "status": statuses.get(&t.id)}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"job": record, "tasks": tasks}))?
+            );
+        }
+        Output::Text => {
+            println!("job       {}", record.key());
+            println!("service   {}/{}", record.namespace, record.service);
+            println!("image     {}", record.image);
+            println!("ring      {}", record.ring);
+            println!("verdict   {}", record.verdict);
+            println!("state     {}", record.state);
+            for t in &record.tasks {
+                let machine = t.machine.as_deref().unwrap_or("-");
+                let s = statuses.get(&t.id).filter(|s| s.machine == machine);
+                println!(
+                    "  {:<32} {:<10} {:<10} svid={} restarts={} {}",
+                    t.id,
+                    machine,
+                    s.map_or("assigned", |s| s.report.state.as_str()),
+                    s.is_some_and(|s| s.report.svid),
+                    s.map_or(0, |s| s.report.restarts),
+                    s.map_or("", |s| s.report.detail.as_str())
+                );
+            }
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// The same commands against `ringfence server` (`--server`), as the person in the user
+/// certificate.
+async fn remote(
+    cmd: JobCommand,
+    mut api: ringfence_api::pb::admin_client::AdminClient<tonic::transport::Channel>,
+) -> Result<u8> {
+    use ringfence_api::pb;
+    async fn statuses(
+        api: &mut ringfence_api::pb::admin_client::AdminClient<tonic::transport::Channel>,
+    ) -> Result<BTreeMap<String, TaskStatus>> {
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            task: String,
+            status: TaskStatus,
+        }
+        let reply = api
+            .task_statuses(pb::ListRequest {})
+            .await
+            .map_err(|s| call_error("task statuses", s))?
+            .into_inner();
+        reply
+            .json
+            .iter()
+            .map(|j| {
+                let e: Entry = serde_json::from_str(j)?;
+                Ok((e.task, e.status))
+            })
+            .collect()
+    }
+    async fn jobs(
+        api: &mut ringfence_api::pb::admin_client::AdminClient<tonic::transport::Channel>,
+    ) -> Result<Vec<JobRecord>> {
+        let reply = api
+            .list_jobs(pb::ListRequest {})
+            .await
+            .map_err(|s| call_error("list jobs", s))?
+            .into_inner();
+        Ok(reply
+            .json
+            .iter()
+            .map(|j| serde_json::from_str(j))
+            .collect::<Result<_, _>>()?)
+    }
+    match cmd {
+        JobCommand::Submit {
+            file,
+            attestations,
+            break_glass,
+            by,
+            output,
+        } => {
+            if by.is_some() {
+                anyhow::bail!(
+                    "--by does not apply with --server: the control plane records the person in your certificate"
+                );
+            }
+            let manifest =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let attestations = attestations
+                .iter()
+                .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
+                .collect::<Result<_>>()?;
+            let reply = api
+                .submit_job(pb::SubmitJobRequest {
+                    manifest,
+                    attestations,
+                    break_glass: break_glass.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| call_error("submit", s))?
+                .into_inner();
+            print_submitted(&serde_json::from_str(&reply.json)?, output)
+        }
+        JobCommand::List { output } => print_list(&jobs(&mut api).await?, output),
+        JobCommand::Status { job, output } => {
+            let (ns, name) = split(&job)?;
+            let record = jobs(&mut api)
+                .await?
+                .into_iter()
+                .find(|j| j.namespace == ns && j.name == name)
+                .ok_or_else(|| {
+                    anyhow::Error::new(crate::client::ApiError {
+                        what: "status".into(),
+                        code: tonic::Code::NotFound,
+                        message: format!("no job {job}"),
+                    })
+                })?;
+            let statuses = statuses(&mut api).await?;
+            print_status(&record, &statuses, output)
+        }
+        JobCommand::Logs { .. } => anyhow::bail!(
+            "task logs stay on the agent's host: run `ringfence job logs` there, or read <agent-root>/run/tasks/<task>/stdout.log"
+        ),
+        JobCommand::Stop { job, by } => {
+            if by.is_some() {
+                anyhow::bail!(
+                    "--by does not apply with --server: the control plane records the person in your certificate"
+                );
+            }
+            let (ns, name) = split(&job)?;
+            api.stop_job(pb::JobRef {
+                namespace: ns.into(),
+                name: name.into(),
+            })
+            .await
+            .map_err(|s| call_error("stop", s))?;
+            println!("stopped {job}");
             Ok(exit::SUCCESS)
         }
     }

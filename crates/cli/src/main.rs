@@ -2,16 +2,20 @@
 //! the runtime, runs a subcommand, and maps failures to the documented exit codes. The work
 //! itself lives in the library crates.
 
+mod agent_cmd;
 mod artifact_cmd;
 mod attest_cmd;
 mod audit_cmd;
 mod bab_cmd;
+mod client;
 mod config;
 mod exit;
 mod identity_cmd;
 mod job_cmd;
+mod machine_cmd;
 mod sandbox_cmd;
 mod secrets;
+mod server_cmd;
 mod store_cmd;
 mod up_cmd;
 
@@ -51,6 +55,14 @@ struct GlobalArgs {
     /// `redb:///path/file.redb`, or `etcd://host:port[,host:port...]`
     #[arg(long, global = true, env = "RINGFENCE_STORE", value_name = "URL")]
     store: Option<String>,
+    /// Talk to the control plane at this address (`ip:port`, `ringfence server`) instead of
+    /// opening the Store (job, policy and machine commands)
+    #[arg(long, global = true, env = "RINGFENCE_SERVER", value_name = "ADDR")]
+    server: Option<String>,
+    /// Your user certificate for `--server` (a directory with svid.pem, svid.key, bundle.pem)
+    /// [default: <data-dir>/admin, the bootstrap admin `ringfence server` writes]
+    #[arg(long, global = true, env = "RINGFENCE_CREDENTIALS", value_name = "DIR")]
+    credentials: Option<PathBuf>,
     /// Log line format on stderr
     #[arg(long, global = true, value_enum, env = "RINGFENCE_LOG_FORMAT")]
     log_format: Option<LogFormat>,
@@ -82,6 +94,16 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Run the control plane as a server: the gRPC API over mTLS with its own SVID
+    /// (spiffe://<td>/ringfence/controlplane), /healthz and /metrics over HTTP; writes the
+    /// trust bundle for agents and a bootstrap admin certificate into the data directory
+    Server(server_cmd::ServerArgs),
+    /// Run a node agent for one machine against `ringfence server` (joins once with a
+    /// one-time token; development pool only until host attestation lands; root)
+    Agent(agent_cmd::AgentArgs),
+    /// Machines (over `--server`): list, pools, one-time join tokens
+    #[command(subcommand)]
+    Machine(machine_cmd::MachineCommand),
     /// Print the version and build details
     Version {
         /// Print JSON instead of text
@@ -182,6 +204,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
         Command::Attest(cmd) => attest_cmd::run(cmd, &settings).await,
         Command::Artifact(cmd) => artifact_cmd::run(cmd, &settings).await,
         Command::Job(cmd) => job_cmd::run(cmd, &settings).await,
+        Command::Server(args) => server_cmd::run(args, &settings).await,
+        Command::Agent(args) => agent_cmd::run(args, &settings).await,
+        Command::Machine(cmd) => machine_cmd::run(cmd, &settings).await,
         Command::Sandbox(cmd) => sandbox_cmd::run(cmd, false),
     }
 }
@@ -218,5 +243,15 @@ fn init_logging(settings: &Settings, global: &GlobalArgs) {
     match settings.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // clap's own checks (duplicate flags between a command and the global options, ...),
+        // which otherwise only fire when that subcommand is used.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

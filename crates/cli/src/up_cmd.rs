@@ -23,8 +23,8 @@ use ringfence_bab::artifacts::ArtifactStore;
 use ringfence_bab::manifest::JobManifest;
 use ringfence_bab::notify::Outbox;
 use ringfence_controlplane::{ControlPlane, JobState, Registration};
-use ringfence_core::{Clock, SpiffeId, SystemClock, TrustDomain};
-use ringfence_identity::{Ca, IssuanceService};
+use ringfence_core::{Clock, SpiffeId, SystemClock};
+use ringfence_identity::IssuanceService;
 use ringfence_provenance::dsse::{self, SigningKey};
 use ringfence_provenance::{oci, review, slsa, statement};
 use ringfence_sched::{Pool, Resources};
@@ -313,10 +313,7 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
         );
     }
     let id_dir = data.join("identity");
-    if !id_dir.join("ca.key").exists() {
-        let td = TrustDomain::parse(TRUST_DOMAIN)?;
-        let ca = Ca::generate(td, SystemClock.now(), Duration::from_secs(365 * 86_400))?;
-        crate::identity_cmd::save_new_ca(&id_dir, ca)?;
+    if crate::identity_cmd::ensure_ca(&id_dir, TRUST_DOMAIN)? {
         println!(
             "      created the CA for {TRUST_DOMAIN} in {}",
             id_dir.display()
@@ -354,19 +351,8 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
     let can_run = can_run_tasks();
     match &can_run {
         Ok(()) => {
-            // The small init beside this binary when it was built (it starts faster), else
-            // this binary, which carries the same init.
             let exe = std::env::current_exe().context("cannot find the ringfence binary")?;
-            let small = exe.with_file_name("ringfence-sandbox-init");
-            // It runs as root: only a file owned like this binary and writable by nobody else.
-            let trusted = |p: &Path| {
-                use std::os::unix::fs::MetadataExt;
-                match (std::fs::metadata(p), std::fs::metadata(&exe)) {
-                    (Ok(m), Ok(e)) => m.is_file() && m.uid() == e.uid() && m.mode() & 0o022 == 0,
-                    _ => false,
-                }
-            };
-            let init = if trusted(&small) { small } else { exe.clone() };
+            let init = sandbox_init(&exe);
             for (i, (id, _)) in MACHINES.iter().enumerate() {
                 let cfg = AgentConfig {
                     registration: Registration {
@@ -576,6 +562,18 @@ pub(crate) fn agents_root(data: &Path) -> std::path::PathBuf {
     std::path::PathBuf::from("/run/ringfence/up")
         .join(hash.hex().get(..12).unwrap_or("0"))
         .join("agents")
+}
+
+/// The sandbox's init: the small one beside this binary when it was built (it starts
+/// faster), else this binary, which carries the same init. It runs as root, so the small one
+/// only when it is owned like this binary and writable by nobody else.
+pub(crate) fn sandbox_init(exe: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let small = exe.with_file_name("ringfence-sandbox-init");
+    match (std::fs::metadata(&small), std::fs::metadata(exe)) {
+        (Ok(m), Ok(e)) if m.is_file() && m.uid() == e.uid() && m.mode() & 0o022 == 0 => small,
+        _ => exe.to_owned(),
+    }
 }
 
 /// Why this host cannot run the demo tasks in the sandbox, if it cannot.

@@ -6,6 +6,7 @@
 
 pub mod model;
 pub mod plane;
+pub mod server;
 
 pub use model::{
     Assignment, Endpoint, HostTrust, JobRecord, JobState, MachineRecord, Registration,

@@ -117,6 +117,9 @@ struct Inner {
     view: RwLock<AuthorityView>,
     /// Placement decisions are made one at a time (one control-plane process per Store).
     placing: tokio::sync::Mutex<()>,
+    /// When this control plane started: no machine counts as silent before it has had a
+    /// full timeout to report to this process (a restart must not move every task).
+    started: UnixTime,
 }
 
 fn key(segments: &[&str]) -> Result<Key, CpError> {
@@ -190,8 +193,10 @@ impl ControlPlane {
             .trust_domain
             .workload(&["ringfence", "controlplane"])
             .map_err(|e| CpError::Invalid(e.to_string()))?;
+        let started = clock.now();
         Ok(Self {
             inner: Arc::new(Inner {
+                started,
                 store,
                 audit,
                 gate,
@@ -488,7 +493,7 @@ impl ControlPlane {
     }
 
     fn alive(&self, m: &MachineRecord, now: UnixTime) -> bool {
-        now.since(m.last_seen) < self.inner.settings.machine_timeout
+        now.since(m.last_seen.max(self.inner.started)) < self.inner.settings.machine_timeout
     }
 
     /// The scheduler's view: every machine with the tasks placed on it (jobs other than

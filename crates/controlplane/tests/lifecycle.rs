@@ -26,7 +26,7 @@ use ringfence_controlplane::{
 };
 use ringfence_core::{Clock, MachineId, ManualClock, SpiffeId, TrustDomain};
 use ringfence_identity::workload_api::obtain;
-use ringfence_identity::{Ca, CaSet, IssuanceService, ServiceError};
+use ringfence_identity::{Ca, CaSet, IssuanceService};
 use ringfence_provenance::statement::Sha256;
 use ringfence_sched::{Pool, Resources};
 use ringfence_store::{RedbOptions, RedbStore, Store};
@@ -161,7 +161,7 @@ impl Env {
             .collect()
     }
 
-    async fn issue(&self, machine: &str, id: &str) -> Result<SpiffeId, ServiceError> {
+    async fn issue(&self, machine: &str, id: &str) -> Result<SpiffeId, String> {
         obtain(
             &self.ca,
             &MachineId::parse(machine).unwrap(),
@@ -175,7 +175,7 @@ impl Env {
 
 const WEB: &str = "spiffe://acme.test/ns/payments/svc/web";
 
-fn refused(r: Result<SpiffeId, ServiceError>) -> String {
+fn refused(r: Result<SpiffeId, String>) -> String {
     match r {
         Ok(id) => panic!("issued {id}, expected a refusal"),
         Err(e) => e.to_string(),

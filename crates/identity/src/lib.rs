@@ -8,6 +8,7 @@
 mod authority_fix;
 mod ca;
 mod csr;
+pub mod files;
 pub mod jwt;
 mod rotation;
 mod service;

@@ -74,6 +74,11 @@ impl SvidResolver {
 
     fn current(&self) -> Option<Arc<CertifiedKey>> {
         let m = self.material.borrow().clone()?;
+        // Material with a bundle but no certificate (a client that has none yet) presents
+        // nothing.
+        if m.cert_der.is_empty() {
+            return None;
+        }
         let mut cached = self
             .cached
             .lock()
@@ -114,7 +119,10 @@ impl rustls::client::ResolvesClientCert for SvidResolver {
     }
 
     fn has_certs(&self) -> bool {
-        self.material.borrow().is_some()
+        self.material
+            .borrow()
+            .as_ref()
+            .is_some_and(|m| !m.cert_der.is_empty())
     }
 }
 

@@ -25,8 +25,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
-use crate::ca::IssueError;
-use crate::service::{IssuanceService, ServiceError};
+use crate::service::IssuanceService;
 
 #[allow(
     missing_docs,
@@ -343,6 +342,55 @@ fn to_value(v: serde_json::Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
+/// Where a rotator obtains SVIDs: the CA in this process ([`LocalIssuer`]) or a control
+/// plane across the network (the agent's client). The machine the request is made for is the
+/// source's business: a remote control plane takes it from the agent's own machine SVID,
+/// never from the request.
+#[async_trait::async_trait]
+pub trait SvidSource: Send + Sync {
+    /// The trust domain SVIDs are issued in.
+    fn trust_domain(&self) -> TrustDomain;
+    /// Signs `csr_der` (refusals carry the CA's reason).
+    async fn issue(&self, csr_der: &[u8]) -> Result<crate::ca::Svid, String>;
+    /// The trust bundle as last known at `now` (concatenated DER).
+    fn bundle_der(&self, now: ringfence_core::UnixTime) -> Vec<u8>;
+    /// Changes whenever the trust bundle changes.
+    fn subscribe_bundle(&self) -> watch::Receiver<u64>;
+}
+
+/// The audited CA in this process, requested for one machine.
+#[derive(Debug, Clone)]
+pub struct LocalIssuer {
+    service: Arc<IssuanceService>,
+    machine: MachineId,
+}
+
+impl LocalIssuer {
+    /// Requests from `service` on behalf of `machine`.
+    pub fn new(service: Arc<IssuanceService>, machine: MachineId) -> Self {
+        Self { service, machine }
+    }
+}
+
+#[async_trait::async_trait]
+impl SvidSource for LocalIssuer {
+    fn trust_domain(&self) -> TrustDomain {
+        self.service.ca_set().trust_domain().clone()
+    }
+    async fn issue(&self, csr_der: &[u8]) -> Result<crate::ca::Svid, String> {
+        self.service
+            .issue(csr_der, &self.machine)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    fn bundle_der(&self, now: ringfence_core::UnixTime) -> Vec<u8> {
+        self.service.ca_set().bundle_der(now)
+    }
+    fn subscribe_bundle(&self) -> watch::Receiver<u64> {
+        self.service.ca_set().subscribe_bundle()
+    }
+}
+
 /// Obtains one workload's SVID from the CA (key generated here, CSR sent) and renews it at
 /// half-life, publishing every new SVID to `out`. A failed renewal is retried every tenth of
 /// the SVID lifetime while the old SVID stays in use until it expires (after which peers
@@ -355,12 +403,28 @@ pub async fn run_rotator(
     clock: Arc<dyn Clock>,
     out: watch::Sender<Option<X509Material>>,
 ) {
+    run_rotator_from(
+        Arc::new(LocalIssuer::new(service, machine)),
+        spiffe_id,
+        clock,
+        out,
+    )
+    .await;
+}
+
+/// [`run_rotator`] with any [`SvidSource`].
+pub async fn run_rotator_from(
+    source: Arc<dyn SvidSource>,
+    spiffe_id: SpiffeId,
+    clock: Arc<dyn Clock>,
+    out: watch::Sender<Option<X509Material>>,
+) {
     // Until the first SVID, retry quickly; afterwards every tenth of the SVID lifetime, so a
     // CA that comes back is noticed well within one rotation interval (half the lifetime).
     let mut retry = Duration::from_millis(200);
-    let mut bundle = service.ca_set().subscribe_bundle();
+    let mut bundle = source.subscribe_bundle();
     loop {
-        let wait = match obtain(&service, &machine, &spiffe_id, clock.as_ref()).await {
+        let wait = match obtain_from(source.as_ref(), &spiffe_id, clock.as_ref()).await {
             Ok((material, lifetime)) => {
                 out.send_replace(Some(material));
                 retry = (lifetime / 10).clamp(Duration::from_millis(100), Duration::from_secs(30));
@@ -383,10 +447,10 @@ pub async fn run_rotator(
                 changed = bundle.changed() => {
                     if changed.is_ok() {
                         bundle.borrow_and_update();
-                        let ca = service.ca_set();
+                        let now = clock.now();
                         out.send_modify(|m| {
                             if let Some(m) = m {
-                                m.bundle_der = ca.bundle_der(clock.now());
+                                m.bundle_der = source.bundle_der(now);
                             }
                         });
                     }
@@ -400,31 +464,44 @@ pub async fn run_rotator(
 /// How often a waiting rotator looks at its clock.
 const CLOCK_POLL: Duration = Duration::from_millis(100);
 
-/// One issuance: a fresh key, a CSR, an SVID.
+/// One issuance from the CA in this process: a fresh key, a CSR, an SVID.
 pub async fn obtain(
-    service: &IssuanceService,
+    service: &Arc<IssuanceService>,
     machine: &MachineId,
     spiffe_id: &SpiffeId,
     clock: &dyn Clock,
-) -> Result<(X509Material, Duration), ServiceError> {
-    let signing = |e: rcgen::Error| ServiceError::Refused(IssueError::Signing(e.to_string()));
+) -> Result<(X509Material, Duration), String> {
+    obtain_from(
+        &LocalIssuer::new(Arc::clone(service), machine.clone()),
+        spiffe_id,
+        clock,
+    )
+    .await
+}
+
+/// One issuance from `source`: a fresh key, a CSR, an SVID.
+pub async fn obtain_from(
+    source: &dyn SvidSource,
+    spiffe_id: &SpiffeId,
+    clock: &dyn Clock,
+) -> Result<(X509Material, Duration), String> {
+    let signing = |e: rcgen::Error| format!("cannot make the CSR: {e}");
     let key = KeyPair::generate().map_err(signing)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(signing)?;
     params.subject_alt_names = vec![SanType::URI(
         spiffe_id.as_str().try_into().map_err(signing)?,
     )];
     let csr = params.serialize_request(&key).map_err(signing)?;
-    let svid = service.issue(csr.der(), machine).await?;
+    let svid = source.issue(csr.der()).await?;
     let now = clock.now();
-    let ca = service.ca_set();
     Ok((
         X509Material {
             spiffe_id: svid.spiffe_id,
             cert_der: svid.cert_der,
             intermediates: svid.intermediates,
             key_pkcs8_der: key.serialize_der(),
-            bundle_der: ca.bundle_der(now),
-            trust_domain: ca.trust_domain().clone(),
+            bundle_der: source.bundle_der(now),
+            trust_domain: source.trust_domain(),
         },
         svid.not_after.since(now),
     ))

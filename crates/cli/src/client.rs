@@ -1,0 +1,84 @@
+//! The client side of `--server`: a person's calls to the control plane's Admin API over
+//! mTLS with their user certificate, the server checked to be
+//! `spiffe://<td>/ringfence/controlplane`.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ringfence_api::pb::admin_client::AdminClient;
+use ringfence_core::SystemClock;
+use ringfence_identity::files;
+use ringfence_identity::tls::{PeerPolicy, client_config};
+use tonic::transport::Channel;
+
+use crate::config::Settings;
+
+/// The Admin API of `settings.server`, if one is set.
+pub fn admin(settings: &Settings) -> Result<Option<AdminClient<Channel>>> {
+    let Some(server) = settings.server else {
+        return Ok(None);
+    };
+    let dir = settings
+        .credentials
+        .clone()
+        .unwrap_or_else(|| settings.data_dir.join("admin"));
+    let material = files::load(&dir).map_err(anyhow::Error::msg).with_context(|| {
+        format!(
+            "no user certificate in {} (--credentials DIR; `ringfence server` writes the bootstrap admin's to <data-dir>/admin)",
+            dir.display()
+        )
+    })?;
+    let server_id = material
+        .trust_domain
+        .workload(&["ringfence", "controlplane"])?;
+    let (_, rx) = tokio::sync::watch::channel(Some(material));
+    let mut config = client_config(
+        rx,
+        PeerPolicy::OneOf(vec![server_id]),
+        Arc::new(SystemClock),
+    )?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(
+        AdminClient::new(ringfence_api::transport::channel(server, Arc::new(config)))
+            .max_decoding_message_size(ringfence_api::MAX_MESSAGE)
+            .max_encoding_message_size(ringfence_api::MAX_MESSAGE),
+    ))
+}
+
+/// A failed call, as the user reads it; its gRPC code picks the exit code.
+#[derive(Debug)]
+pub struct ApiError {
+    /// What was being done.
+    pub what: String,
+    /// The server's status code.
+    pub code: tonic::Code,
+    /// The server's message.
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            tonic::Code::Unavailable => write!(
+                f,
+                "{}: the control plane is unreachable or could not do it: {}",
+                self.what, self.message
+            ),
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                write!(f, "{}: refused: {}", self.what, self.message)
+            }
+            _ => write!(f, "{}: {}", self.what, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// `s` as an [`ApiError`] while doing `what`.
+pub fn call_error(what: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow::Error::new(ApiError {
+        what: what.to_owned(),
+        code: s.code(),
+        message: s.message().to_owned(),
+    })
+}

@@ -1,0 +1,1231 @@
+//! `ringfence server`: the control plane on the network. A gRPC API over mutual TLS 1.3 with
+//! the control plane's own SVID (`spiffe://<td>/ringfence/controlplane`), and HTTP for
+//! `/healthz` and Prometheus `/metrics`.
+//!
+//! Who calls is what the client certificate says, never a request field:
+//! - `Node` answers agents holding a machine SVID (`/machine/<id>`), and always about that
+//!   machine: its registration, its assignments, its reports, images of its own tasks, SVIDs
+//!   of tasks placed on it. `Join` is the one call without a client certificate: it trades a
+//!   one-time join token (made by an operator for one machine name) for the first machine
+//!   SVID. A machine that joins over the network has no host attestation yet, so it registers
+//!   in development mode and serves only development work.
+//! - `Admin` answers people holding a user certificate (`/user/<name>`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use ringfence_admission::verdict::{Attestation, Request as AdmissionRequest};
+use ringfence_api::pb;
+use ringfence_api::pb::admin_server::{Admin, AdminServer};
+use ringfence_api::pb::node_server::{Node, NodeServer};
+use ringfence_api::transport::{OptionalClientAuth, Peer, incoming};
+use ringfence_audit::{AuditSink, Decision, Event};
+use ringfence_bab::artifacts::{ArtifactError, ArtifactStore};
+use ringfence_core::{Clock, MachineId, SpiffeId, TrustDomain, UnixTime};
+use ringfence_identity::tls::{PeerPolicy, SvidResolver, SvidVerifier, provider};
+use ringfence_identity::workload_api::{LocalIssuer, X509Material, obtain_from, run_rotator_from};
+use ringfence_identity::{CaSet, IssuanceService, ServiceError};
+use ringfence_identity::{IssuanceAuthority, IssuanceAuthorization};
+use ringfence_provenance::statement::Sha256;
+use ringfence_sched::{Pool, Resources};
+use ringfence_store::{Expect, Key, Store};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::{Assignment, ControlPlane, CpError, HostTrust, Registration, TaskReport};
+
+/// The most task reports one call may carry.
+pub const MAX_REPORTS: usize = 1024;
+/// The longest join token accepted.
+const MAX_TOKEN: usize = 128;
+/// A join token's default and longest validity.
+const TOKEN_TTL: Duration = Duration::from_secs(600);
+const TOKEN_TTL_MAX: Duration = Duration::from_secs(86_400);
+
+/// Where the control plane's own SVID says it runs.
+const SELF_MACHINE: &str = "controlplane";
+
+/// What `ringfence server` needs besides the control plane itself.
+pub struct ServerParts {
+    /// The control plane.
+    pub cp: ControlPlane,
+    /// The Store it runs on (join tokens live there too).
+    pub store: Arc<dyn Store>,
+    /// The audit log.
+    pub audit: Arc<dyn AuditSink>,
+    /// The CA.
+    pub ca: Arc<CaSet>,
+    /// Where agents fetch admitted images from.
+    pub artifacts: ArtifactStore,
+    /// Scratch space for image exports.
+    pub scratch: PathBuf,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for ServerParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerParts").finish_non_exhaustive()
+    }
+}
+
+struct State {
+    parts: ServerParts,
+    td: TrustDomain,
+    tasks: Arc<IssuanceService>,
+    metrics: Metrics,
+}
+
+/// Counts of API calls by method and status code.
+#[derive(Default)]
+struct Metrics {
+    calls: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl Metrics {
+    fn observe<T>(&self, method: &'static str, r: &Result<T, Status>) {
+        let code = match r {
+            Ok(_) => "OK",
+            Err(s) => code_name(s.code()),
+        };
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((method, code))
+            .or_default() += 1;
+    }
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match c {
+        C::Ok => "OK",
+        C::InvalidArgument => "InvalidArgument",
+        C::NotFound => "NotFound",
+        C::AlreadyExists => "AlreadyExists",
+        C::PermissionDenied => "PermissionDenied",
+        C::Unauthenticated => "Unauthenticated",
+        C::FailedPrecondition => "FailedPrecondition",
+        C::Unavailable => "Unavailable",
+        C::Internal => "Internal",
+        _ => "Other",
+    }
+}
+
+fn status(e: CpError) -> Status {
+    match e {
+        CpError::Invalid(m) => Status::invalid_argument(m),
+        CpError::NotFound(m) => Status::not_found(m),
+        e @ (CpError::AuditUnavailable(_) | CpError::Store(_)) => {
+            Status::unavailable(e.to_string())
+        }
+        e => Status::internal(e.to_string()),
+    }
+}
+
+/// One identity for one machine, exactly: the authorization behind a machine SVID (at join
+/// or renewal) and the control plane's own.
+struct Exactly(IssuanceAuthorization);
+
+impl IssuanceAuthority for Exactly {
+    fn authorize(
+        &self,
+        machine: &MachineId,
+        spiffe_id: &SpiffeId,
+    ) -> Result<IssuanceAuthorization, String> {
+        if machine == &self.0.machine && spiffe_id == &self.0.spiffe_id {
+            Ok(self.0.clone())
+        } else {
+            Err(format!(
+                "only {} may be issued here, for machine {}",
+                self.0.spiffe_id,
+                self.0.machine.as_str()
+            ))
+        }
+    }
+}
+
+/// A join token as stored (under the hash of the token; the token itself is shown once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JoinToken {
+    machine: String,
+    expires_at: UnixTime,
+    by: String,
+}
+
+/// A machine that joined (its SVID may be renewed while this exists).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Joined {
+    joined_at: UnixTime,
+}
+
+fn key(segments: &[&str]) -> Result<Key, Status> {
+    Key::from_segments(segments.iter().copied())
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+impl State {
+    fn issuer_for(&self, machine: &MachineId, id: &SpiffeId) -> Result<IssuanceService, Status> {
+        IssuanceService::new(
+            Arc::clone(&self.parts.ca),
+            Arc::new(Exactly(IssuanceAuthorization {
+                spiffe_id: id.clone(),
+                machine: machine.clone(),
+                not_after: self
+                    .parts
+                    .clock
+                    .now()
+                    .saturating_add(Duration::from_secs(60)),
+            })),
+            Arc::clone(&self.parts.audit),
+            Arc::clone(&self.parts.clock),
+        )
+        .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    fn machine_id(&self, m: &MachineId) -> Result<SpiffeId, Status> {
+        self.td
+            .workload(&["machine", m.as_str()])
+            .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    /// The machine the caller's certificate names.
+    fn machine_of<T>(&self, req: &Request<T>) -> Result<MachineId, Status> {
+        let peer = Peer::of(req)
+            .ok_or_else(|| Status::unauthenticated("this call needs a machine SVID"))?;
+        match peer.path().strip_prefix("/machine/") {
+            Some(m) if peer.is_member_of(&self.td) => {
+                MachineId::parse(m).map_err(|e| Status::permission_denied(format!("{peer}: {e}")))
+            }
+            _ => Err(Status::permission_denied(format!(
+                "{peer} is not a machine of {}",
+                self.td
+            ))),
+        }
+    }
+
+    /// The person the caller's certificate names.
+    fn user_of<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let peer = Peer::of(req)
+            .ok_or_else(|| Status::unauthenticated("this call needs a user certificate"))?;
+        match peer.path().strip_prefix("/user/") {
+            Some(u) if peer.is_member_of(&self.td) && !u.contains('/') => Ok(u.to_owned()),
+            _ => Err(Status::permission_denied(format!(
+                "{peer} is not a person of {} (admin calls need a /user/<name> certificate)",
+                self.td
+            ))),
+        }
+    }
+
+    async fn record(&self, event: Event) -> Result<(), Status> {
+        self.parts.audit.record(&event).await.map_err(|e| {
+            Status::unavailable(format!(
+                "the audit log could not record this, so it was not done: {e}"
+            ))
+        })
+    }
+
+    fn event(&self, action: &str, target: String, d: Decision, why: &str) -> Result<Event, Status> {
+        let actor = self
+            .td
+            .workload(&["ringfence", "controlplane"])
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Event::new(
+            self.parts.clock.now(),
+            actor,
+            action,
+            target,
+            d,
+            why,
+        ))
+    }
+
+    fn svid_reply(&self, svid: ringfence_identity::Svid) -> pb::SvidReply {
+        pb::SvidReply {
+            spiffe_id: svid.spiffe_id.to_string(),
+            cert_der: svid.cert_der,
+            intermediates: svid.intermediates,
+            bundle_der: self.parts.ca.bundle_der(self.parts.clock.now()),
+            not_after_ms: svid.not_after.as_millis(),
+        }
+    }
+
+    async fn refuse_join(&self, why: &str) -> Result<pb::SvidReply, Status> {
+        let event = self.event("machine.join", "machine/?".into(), Decision::Deny, why)?;
+        self.record(event).await?;
+        Err(Status::permission_denied(why.to_owned()))
+    }
+
+    async fn join(&self, req: pb::JoinRequest) -> Result<pb::SvidReply, Status> {
+        if req.token.is_empty() || req.token.len() > MAX_TOKEN {
+            return self
+                .refuse_join("the join token is missing or malformed")
+                .await;
+        }
+        // The CSR is checked before the token is spent, so a bad CSR does not burn it.
+        let csr = match ringfence_identity::parse_csr(&req.csr_der) {
+            Ok(c) => c,
+            Err(e) => return Err(Status::invalid_argument(format!("CSR: {e}"))),
+        };
+        let k = key(&["cp", "join-tokens", Sha256::of(req.token.as_bytes()).hex()])?;
+        let Some(stored) = self
+            .parts
+            .store
+            .get(&k)
+            .await
+            .map_err(|e| status(e.into()))?
+        else {
+            return self.refuse_join("unknown or already used join token").await;
+        };
+        let token: JoinToken = serde_json::from_slice(&stored.value)
+            .map_err(|e| Status::internal(format!("stored join token: {e}")))?;
+        let machine = MachineId::parse(&token.machine)
+            .map_err(|e| Status::internal(format!("stored join token: {e}")))?;
+        let id = self.machine_id(&machine)?;
+        if csr.spiffe_id() != &id {
+            return Err(Status::permission_denied(format!(
+                "this join token is for {id}, the CSR asks for {}",
+                csr.spiffe_id()
+            )));
+        }
+        // Spent now, whatever follows: a token is good for one join.
+        if self
+            .parts
+            .store
+            .delete(&k, Expect::Revision(stored.mod_revision))
+            .await
+            .is_err()
+        {
+            return self.refuse_join("unknown or already used join token").await;
+        }
+        if self.parts.clock.now() >= token.expires_at {
+            return self
+                .refuse_join(&format!("the join token for {} has expired", token.machine))
+                .await;
+        }
+        let joined = serde_json::to_vec(&Joined {
+            joined_at: self.parts.clock.now(),
+        })
+        .map_err(|e| Status::internal(e.to_string()))?;
+        self.parts
+            .store
+            .put(
+                &key(&["cp", "joined", machine.as_str()])?,
+                joined,
+                Expect::Any,
+            )
+            .await
+            .map_err(|e| status(e.into()))?;
+        let event = self
+            .event(
+                "machine.join",
+                format!("machine/{}", machine.as_str()),
+                Decision::Allow,
+                "joined with a one-time token (development mode: no host attestation)",
+            )?
+            .with_detail("token_by", &token.by);
+        self.record(event).await?;
+        let svid = self
+            .issuer_for(&machine, &id)?
+            .issue(&req.csr_der, &machine)
+            .await
+            .map_err(issue_status)?;
+        Ok(self.svid_reply(svid))
+    }
+
+    async fn renew_machine(&self, machine: MachineId, csr: &[u8]) -> Result<pb::SvidReply, Status> {
+        if self
+            .parts
+            .store
+            .get(&key(&["cp", "joined", machine.as_str()])?)
+            .await
+            .map_err(|e| status(e.into()))?
+            .is_none()
+        {
+            return Err(Status::permission_denied(format!(
+                "machine {} has not joined (or was removed): it needs a new join token",
+                machine.as_str()
+            )));
+        }
+        let id = self.machine_id(&machine)?;
+        let svid = self
+            .issuer_for(&machine, &id)?
+            .issue(csr, &machine)
+            .await
+            .map_err(issue_status)?;
+        Ok(self.svid_reply(svid))
+    }
+
+    async fn fetch_image(
+        &self,
+        machine: MachineId,
+        digest: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<pb::ImageChunk, Status>>, Status> {
+        let d = Sha256::parse(digest).map_err(|e| Status::invalid_argument(format!("{e}")))?;
+        let assigned = self
+            .parts
+            .cp
+            .assignments(machine.as_str())
+            .await
+            .map_err(status)?;
+        if !assigned.iter().any(|a| a.digest == d.to_string()) {
+            return Err(Status::permission_denied(format!(
+                "no task assigned to machine {} runs image {d}",
+                machine.as_str()
+            )));
+        }
+        let mut nonce = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| Status::internal("no randomness"))?;
+        let dir = self
+            .parts
+            .scratch
+            .join(format!("{}.{}", d.hex(), Sha256::of(&nonce).hex()));
+        let artifacts = self.parts.artifacts.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let out = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let send = |r: Result<pb::ImageChunk, Status>| tx.blocking_send(r).is_ok();
+            let result = (|| -> Result<(), Status> {
+                artifacts.export(&d, &out).map_err(|e| match e {
+                    ArtifactError::NotFound(m) => Status::not_found(m),
+                    e => Status::internal(e.to_string()),
+                })?;
+                let mut files = vec!["oci-layout".to_owned(), "index.json".to_owned()];
+                let blobs = out.join("blobs").join("sha256");
+                let mut names: Vec<String> = std::fs::read_dir(&blobs)
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect();
+                names.sort();
+                files.extend(names.into_iter().map(|n| format!("blobs/sha256/{n}")));
+                for f in files {
+                    let bytes =
+                        std::fs::read(out.join(&f)).map_err(|e| Status::internal(e.to_string()))?;
+                    if bytes.is_empty()
+                        && !send(Ok(pb::ImageChunk {
+                            path: f.clone(),
+                            data: vec![],
+                        }))
+                    {
+                        return Ok(());
+                    }
+                    for chunk in bytes.chunks(ringfence_api::IMAGE_CHUNK) {
+                        if !send(Ok(pb::ImageChunk {
+                            path: f.clone(),
+                            data: chunk.to_vec(),
+                        })) {
+                            return Ok(());
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                send(Err(e));
+            }
+            let _ = std::fs::remove_dir_all(&out);
+        });
+        Ok(rx)
+    }
+
+    async fn submit(&self, by: String, req: pb::SubmitJobRequest) -> Result<String, Status> {
+        let (_, job) = ringfence_bab::manifest::JobManifest::parse(&req.manifest)
+            .map_err(Status::invalid_argument)?;
+        let attestations: Vec<Attestation> = if req.attestations.is_empty() {
+            match ringfence_admission::verdict::parse_image(&job.image) {
+                // Admission refuses the reference itself, with the reason.
+                Err(_) => Vec::new(),
+                Ok(r) => match self.parts.artifacts.attestations(&r.digest) {
+                    Ok(a) => a
+                        .into_iter()
+                        .map(|(source, envelope)| Attestation { source, envelope })
+                        .collect(),
+                    Err(ArtifactError::NotFound(_)) => Vec::new(),
+                    Err(e) => return Err(Status::internal(e.to_string())),
+                },
+            }
+        } else {
+            req.attestations
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    ringfence_provenance::dsse::parse(b)
+                        .map(|envelope| Attestation {
+                            source: format!("attestation {}", i + 1),
+                            envelope,
+                        })
+                        .map_err(|e| {
+                            Status::invalid_argument(format!("attestation {}: {e}", i + 1))
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let request = if req.break_glass.is_empty() {
+            AdmissionRequest::Normal
+        } else {
+            AdmissionRequest::BreakGlass {
+                justification: req.break_glass,
+                by: by.clone(),
+            }
+        };
+        let record = self
+            .parts
+            .cp
+            .submit(&req.manifest, &attestations, &request, &by)
+            .await
+            .map_err(status)?;
+        to_json(&record)
+    }
+
+    async fn create_token(
+        &self,
+        by: String,
+        req: pb::CreateJoinTokenRequest,
+    ) -> Result<pb::JoinTokenReply, Status> {
+        let machine = MachineId::parse(&req.machine)
+            .map_err(|e| Status::invalid_argument(format!("machine: {e}")))?;
+        let ttl = if req.ttl_seconds == 0 {
+            TOKEN_TTL
+        } else {
+            Duration::from_secs(u64::from(req.ttl_seconds))
+        };
+        if ttl > TOKEN_TTL_MAX {
+            return Err(Status::invalid_argument(format!(
+                "a join token lasts at most {} s",
+                TOKEN_TTL_MAX.as_secs()
+            )));
+        }
+        let mut secret = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut secret).map_err(|_| Status::internal("no randomness"))?;
+        let token = format!("rfjt.{}", hex(&secret));
+        let expires_at = self.parts.clock.now().saturating_add(ttl);
+        let event = self
+            .event(
+                "machine.join-token",
+                format!("machine/{}", machine.as_str()),
+                Decision::Info,
+                &format!("one-time join token made, valid {} s", ttl.as_secs()),
+            )?
+            .with_detail("by", &by);
+        self.record(event).await?;
+        let stored = serde_json::to_vec(&JoinToken {
+            machine: machine.as_str().to_owned(),
+            expires_at,
+            by,
+        })
+        .map_err(|e| Status::internal(e.to_string()))?;
+        self.parts
+            .store
+            .put(
+                &key(&["cp", "join-tokens", Sha256::of(token.as_bytes()).hex()])?,
+                stored,
+                Expect::Absent,
+            )
+            .await
+            .map_err(|e| status(e.into()))?;
+        Ok(pb::JoinTokenReply {
+            token,
+            expires_ms: expires_at.as_millis(),
+        })
+    }
+
+    async fn render_metrics(&self) -> String {
+        let mut out = String::from(
+            "# HELP ringfence_api_calls_total Control-plane API calls by method and gRPC status.\n# TYPE ringfence_api_calls_total counter\n",
+        );
+        let calls = self
+            .metrics
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for ((method, code), n) in calls {
+            out.push_str(&format!(
+                "ringfence_api_calls_total{{method=\"{method}\",code=\"{code}\"}} {n}\n"
+            ));
+        }
+        let now = self.parts.clock.now();
+        if let Ok(machines) = self.parts.cp.machines().await {
+            out.push_str("# HELP ringfence_machines Registered machines by pool and liveness.\n# TYPE ringfence_machines gauge\n");
+            let mut by: BTreeMap<(String, bool), u64> = BTreeMap::new();
+            for m in machines {
+                let alive = now.since(m.last_seen) < self.parts.cp.settings().machine_timeout;
+                *by.entry((m.pool.to_string(), alive)).or_default() += 1;
+            }
+            for ((pool, alive), n) in by {
+                out.push_str(&format!(
+                    "ringfence_machines{{pool=\"{pool}\",alive=\"{alive}\"}} {n}\n"
+                ));
+            }
+        }
+        if let Ok(jobs) = self.parts.cp.jobs().await {
+            out.push_str("# HELP ringfence_jobs Jobs by state.\n# TYPE ringfence_jobs gauge\n");
+            let mut by: BTreeMap<&'static str, u64> = BTreeMap::new();
+            for j in &jobs {
+                *by.entry(j.state.name()).or_default() += 1;
+            }
+            for (state, n) in by {
+                out.push_str(&format!("ringfence_jobs{{state=\"{state}\"}} {n}\n"));
+            }
+        }
+        if let Ok(tasks) = self.parts.cp.task_statuses().await {
+            out.push_str("# HELP ringfence_tasks Tasks by reported state and whether they hold an SVID.\n# TYPE ringfence_tasks gauge\n");
+            let mut by: BTreeMap<(String, bool), u64> = BTreeMap::new();
+            for s in tasks.values() {
+                *by.entry((s.report.state.clone(), s.report.svid))
+                    .or_default() += 1;
+            }
+            for ((state, svid), n) in by {
+                out.push_str(&format!(
+                    "ringfence_tasks{{state=\"{state}\",svid=\"{svid}\"}} {n}\n"
+                ));
+            }
+        }
+        out
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        self.parts
+            .store
+            .revision()
+            .await
+            .map_err(|e| format!("store: {e}"))?;
+        Ok(())
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String, Status> {
+    serde_json::to_string(v).map_err(|e| Status::internal(e.to_string()))
+}
+
+fn issue_status(e: ServiceError) -> Status {
+    match e {
+        ServiceError::Refused(e) => Status::permission_denied(e.to_string()),
+        e @ ServiceError::AuditUnavailable(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+fn to_pb(a: Assignment) -> pb::Assignment {
+    pb::Assignment {
+        task: a.task,
+        job: a.job,
+        spiffe_id: a.spiffe_id.to_string(),
+        digest: a.digest,
+        args: a.args,
+        env: a.env,
+        ring: a.ring.to_string(),
+        resources: Some(pb::Resources {
+            cpu_milli: a.resources.cpu_milli,
+            memory_mib: a.resources.memory_mib,
+        }),
+        memory_limit: a.memory_limit,
+        cpu_limit: a.cpu_limit,
+        ports: a
+            .ports
+            .into_iter()
+            .map(|(name, port)| pb::Port {
+                name,
+                port: u32::from(port),
+            })
+            .collect(),
+    }
+}
+
+/// An assignment as the agent receives it (every field checked again).
+pub fn from_pb(a: pb::Assignment) -> Result<Assignment, String> {
+    Ok(Assignment {
+        spiffe_id: SpiffeId::parse(&a.spiffe_id).map_err(|e| format!("spiffe id: {e}"))?,
+        ring: crate::plane::parse_ring(Some(&a.ring)).map_err(|e| e.to_string())?,
+        resources: a.resources.map_or(Resources::default(), |r| Resources {
+            cpu_milli: r.cpu_milli,
+            memory_mib: r.memory_mib,
+        }),
+        ports: a
+            .ports
+            .into_iter()
+            .map(|p| {
+                u16::try_from(p.port)
+                    .map(|port| (p.name, port))
+                    .map_err(|_| format!("port {} out of range", p.port))
+            })
+            .collect::<Result<_, _>>()?,
+        task: a.task,
+        job: a.job,
+        digest: a.digest,
+        args: a.args,
+        env: a.env,
+        memory_limit: a.memory_limit,
+        cpu_limit: a.cpu_limit,
+    })
+}
+
+/// The Node service.
+struct NodeApi(Arc<State>);
+
+type ImageStream = Pin<Box<dyn Stream<Item = Result<pb::ImageChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Node for NodeApi {
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::SvidReply>, Status> {
+        let r = self.0.join(req.into_inner()).await;
+        self.0.metrics.observe("Node/Join", &r);
+        r.map(Response::new)
+    }
+
+    async fn renew_machine(
+        &self,
+        req: Request<pb::CsrRequest>,
+    ) -> Result<Response<pb::SvidReply>, Status> {
+        let r = match self.0.machine_of(&req) {
+            Ok(m) => self.0.renew_machine(m, &req.get_ref().csr_der).await,
+            Err(e) => Err(e),
+        };
+        self.0.metrics.observe("Node/RenewMachine", &r);
+        r.map(Response::new)
+    }
+
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::MachineReply>, Status> {
+        let r = async {
+            let machine = self.0.machine_of(&req)?;
+            let body = req.into_inner();
+            let capacity = body.capacity.unwrap_or_default();
+            let record = self
+                .0
+                .parts
+                .cp
+                .register(
+                    &Registration {
+                        machine: machine.as_str().to_owned(),
+                        capacity: Resources {
+                            cpu_milli: capacity.cpu_milli,
+                            memory_mib: capacity.memory_mib,
+                        },
+                        address: body.address,
+                    },
+                    // Over the network, nothing vouches for the host yet.
+                    HostTrust::Development,
+                )
+                .await
+                .map_err(status)?;
+            Ok(pb::MachineReply {
+                pool: record.pool.to_string(),
+                trust: serde_json::to_value(record.trust)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            })
+        }
+        .await;
+        self.0.metrics.observe("Node/Register", &r);
+        r.map(Response::new)
+    }
+
+    async fn assignments(
+        &self,
+        req: Request<pb::AssignmentsRequest>,
+    ) -> Result<Response<pb::AssignmentsReply>, Status> {
+        let r = async {
+            let machine = self.0.machine_of(&req)?;
+            let assigned = self
+                .0
+                .parts
+                .cp
+                .assignments(machine.as_str())
+                .await
+                .map_err(status)?;
+            Ok(pb::AssignmentsReply {
+                assignments: assigned.into_iter().map(to_pb).collect(),
+                bundle_der: self.0.parts.ca.bundle_der(self.0.parts.clock.now()),
+            })
+        }
+        .await;
+        self.0.metrics.observe("Node/Assignments", &r);
+        r.map(Response::new)
+    }
+
+    async fn report(
+        &self,
+        req: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportReply>, Status> {
+        let r = async {
+            let machine = self.0.machine_of(&req)?;
+            let reports = req.into_inner().reports;
+            if reports.len() > MAX_REPORTS {
+                return Err(Status::invalid_argument(format!(
+                    "{} task reports in one call; at most {MAX_REPORTS}",
+                    reports.len()
+                )));
+            }
+            let reports: Vec<TaskReport> = reports
+                .into_iter()
+                .map(|r| TaskReport {
+                    task: r.task,
+                    state: r.state,
+                    detail: r.detail,
+                    restarts: r.restarts,
+                    svid: r.svid,
+                })
+                .collect();
+            self.0
+                .parts
+                .cp
+                .report(machine.as_str(), &reports)
+                .await
+                .map_err(status)?;
+            Ok(pb::ReportReply {})
+        }
+        .await;
+        self.0.metrics.observe("Node/Report", &r);
+        r.map(Response::new)
+    }
+
+    type FetchImageStream = ImageStream;
+
+    async fn fetch_image(
+        &self,
+        req: Request<pb::FetchImageRequest>,
+    ) -> Result<Response<ImageStream>, Status> {
+        let r = match self.0.machine_of(&req) {
+            Ok(m) => self.0.fetch_image(m, &req.get_ref().digest).await,
+            Err(e) => Err(e),
+        };
+        self.0.metrics.observe("Node/FetchImage", &r);
+        r.map(|rx| {
+            Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as ImageStream)
+        })
+    }
+
+    async fn issue_svid(
+        &self,
+        req: Request<pb::CsrRequest>,
+    ) -> Result<Response<pb::SvidReply>, Status> {
+        let r = async {
+            let machine = self.0.machine_of(&req)?;
+            let svid = self
+                .0
+                .tasks
+                .issue(&req.get_ref().csr_der, &machine)
+                .await
+                .map_err(issue_status)?;
+            Ok(self.0.svid_reply(svid))
+        }
+        .await;
+        self.0.metrics.observe("Node/IssueSvid", &r);
+        r.map(Response::new)
+    }
+}
+
+/// The Admin service.
+struct AdminApi(Arc<State>);
+
+#[tonic::async_trait]
+impl Admin for AdminApi {
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::RecordReply>, Status> {
+        let r = match self.0.user_of(&req) {
+            Ok(by) => self.0.submit(by, req.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        self.0.metrics.observe("Admin/SubmitJob", &r);
+        r.map(|json| Response::new(pb::RecordReply { json }))
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::RecordsReply>, Status> {
+        let r = async {
+            self.0.user_of(&req)?;
+            let jobs = self.0.parts.cp.jobs().await.map_err(status)?;
+            jobs.iter().map(to_json).collect::<Result<Vec<_>, _>>()
+        }
+        .await;
+        self.0.metrics.observe("Admin/ListJobs", &r);
+        r.map(|json| Response::new(pb::RecordsReply { json }))
+    }
+
+    async fn stop_job(
+        &self,
+        req: Request<pb::JobRef>,
+    ) -> Result<Response<pb::RecordReply>, Status> {
+        let r = async {
+            let by = self.0.user_of(&req)?;
+            let j = req.into_inner();
+            let record = self
+                .0
+                .parts
+                .cp
+                .stop(&j.namespace, &j.name, &by)
+                .await
+                .map_err(status)?;
+            to_json(&record)
+        }
+        .await;
+        self.0.metrics.observe("Admin/StopJob", &r);
+        r.map(|json| Response::new(pb::RecordReply { json }))
+    }
+
+    async fn list_machines(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::RecordsReply>, Status> {
+        let r = async {
+            self.0.user_of(&req)?;
+            let m = self.0.parts.cp.machines().await.map_err(status)?;
+            m.iter().map(to_json).collect::<Result<Vec<_>, _>>()
+        }
+        .await;
+        self.0.metrics.observe("Admin/ListMachines", &r);
+        r.map(|json| Response::new(pb::RecordsReply { json }))
+    }
+
+    async fn task_statuses(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::RecordsReply>, Status> {
+        let r = async {
+            self.0.user_of(&req)?;
+            let s = self.0.parts.cp.task_statuses().await.map_err(status)?;
+            s.iter()
+                .map(|(task, status)| to_json(&serde_json::json!({"task": task, "status": status})))
+                .collect::<Result<Vec<_>, _>>()
+        }
+        .await;
+        self.0.metrics.observe("Admin/TaskStatuses", &r);
+        r.map(|json| Response::new(pb::RecordsReply { json }))
+    }
+
+    async fn assign_pool(
+        &self,
+        req: Request<pb::AssignPoolRequest>,
+    ) -> Result<Response<pb::RecordReply>, Status> {
+        let r = async {
+            let by = self.0.user_of(&req)?;
+            let body = req.into_inner();
+            let pool: Pool = serde_json::from_value(serde_json::Value::String(body.pool.clone()))
+                .map_err(|_| {
+                Status::invalid_argument(format!(
+                    "pool {:?}: use foundational, production or development",
+                    body.pool
+                ))
+            })?;
+            self.0
+                .parts
+                .cp
+                .assign_pool(&body.machine, pool, &by)
+                .await
+                .map_err(status)?;
+            to_json(&serde_json::json!({"machine": body.machine, "pool": pool}))
+        }
+        .await;
+        self.0.metrics.observe("Admin/AssignPool", &r);
+        r.map(|json| Response::new(pb::RecordReply { json }))
+    }
+
+    async fn apply_policy(
+        &self,
+        req: Request<pb::ApplyPolicyRequest>,
+    ) -> Result<Response<pb::RecordReply>, Status> {
+        let r = async {
+            let by = self.0.user_of(&req)?;
+            let yaml = String::from_utf8(req.into_inner().policy)
+                .map_err(|_| Status::invalid_argument("the policy is not UTF-8"))?;
+            let applied = self
+                .0
+                .parts
+                .cp
+                .gate()
+                .apply_policy(&yaml, &by)
+                .await
+                .map_err(|e| match e {
+                    e @ (ringfence_bab::GateError::Policy(_)
+                    | ringfence_bab::GateError::Invalid(_)) => {
+                        Status::invalid_argument(e.to_string())
+                    }
+                    e => Status::unavailable(e.to_string()),
+                })?;
+            let p = &applied.policy;
+            let flagged: Vec<String> = applied
+                .statuses
+                .iter()
+                .filter(|s| !s.now.conforms())
+                .map(|s| format!("{}/{}", s.job.namespace, s.job.name))
+                .collect();
+            to_json(&serde_json::json!({
+                "name": p.name(), "namespace": p.spec().namespace, "service": p.spec().service,
+                "digest": p.digest.to_string(), "created": applied.created, "nonConforming": flagged,
+            }))
+        }
+        .await;
+        self.0.metrics.observe("Admin/ApplyPolicy", &r);
+        r.map(|json| Response::new(pb::RecordReply { json }))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::JoinTokenReply>, Status> {
+        let r = match self.0.user_of(&req) {
+            Ok(by) => self.0.create_token(by, req.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        self.0.metrics.observe("Admin/CreateJoinToken", &r);
+        r.map(Response::new)
+    }
+}
+
+/// Obtains an SVID for `id` straight from the CA (the control plane's own, a bootstrap
+/// admin's): `machine` is recorded as the requester in the audit log.
+pub async fn self_issue(
+    ca: &Arc<CaSet>,
+    audit: &Arc<dyn AuditSink>,
+    clock: &Arc<dyn Clock>,
+    machine: &str,
+    id: &SpiffeId,
+) -> Result<X509Material, String> {
+    let machine = MachineId::parse(machine).map_err(|e| e.to_string())?;
+    let service = IssuanceService::new(
+        Arc::clone(ca),
+        Arc::new(Exactly(IssuanceAuthorization {
+            spiffe_id: id.clone(),
+            machine: machine.clone(),
+            not_after: clock.now().saturating_add(Duration::from_secs(60)),
+        })),
+        Arc::clone(audit),
+        Arc::clone(clock),
+    )
+    .map_err(|e| e.to_string())?;
+    obtain_from(
+        &LocalIssuer::new(Arc::new(service), machine),
+        id,
+        clock.as_ref(),
+    )
+    .await
+    .map(|(m, _)| m)
+}
+
+/// A running server's addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The gRPC API.
+    pub api: SocketAddr,
+    /// `/healthz` and `/metrics`.
+    pub http: Option<SocketAddr>,
+}
+
+/// Serves the API on `api` (and HTTP on `http`) until `shutdown` turns true. `bound` learns
+/// the addresses once both listen (port 0 picks free ones).
+pub async fn serve(
+    parts: ServerParts,
+    api: SocketAddr,
+    http: Option<SocketAddr>,
+    reverify_every: Duration,
+    bound: tokio::sync::oneshot::Sender<Bound>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let td = parts.ca.trust_domain().clone();
+    let clock = Arc::clone(&parts.clock);
+    // Our own SVID, renewed at half-life like every other.
+    let own_id = td
+        .workload(&["ringfence", "controlplane"])
+        .map_err(|e| e.to_string())?;
+    let own_machine = MachineId::parse(SELF_MACHINE).map_err(|e| e.to_string())?;
+    let own_service = Arc::new(
+        IssuanceService::new(
+            Arc::clone(&parts.ca),
+            Arc::new(SelfAuthority {
+                id: own_id.clone(),
+                machine: own_machine.clone(),
+                clock: Arc::clone(&clock),
+            }),
+            Arc::clone(&parts.audit),
+            Arc::clone(&clock),
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let (own_tx, own) = watch::channel(None);
+    let rotator = tokio::spawn(run_rotator_from(
+        Arc::new(LocalIssuer::new(own_service, own_machine)),
+        own_id.clone(),
+        Arc::clone(&clock),
+        own_tx,
+    ));
+    let mut wait = own.clone();
+    tokio::time::timeout(Duration::from_secs(10), wait.wait_for(Option::is_some))
+        .await
+        .map_err(|_| "the control plane could not obtain its own SVID".to_owned())?
+        .map_err(|e| e.to_string())?;
+
+    let verifier = Arc::new(OptionalClientAuth(Arc::new(SvidVerifier::new(
+        own.clone(),
+        PeerPolicy::AnyInTrustDomain,
+        Arc::clone(&clock),
+    ))));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(SvidResolver::new(own)));
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+
+    let tasks = Arc::new(
+        IssuanceService::new(
+            Arc::clone(&parts.ca),
+            parts.cp.authority(),
+            Arc::clone(&parts.audit),
+            Arc::clone(&clock),
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    std::fs::create_dir_all(&parts.scratch)
+        .map_err(|e| format!("{}: {e}", parts.scratch.display()))?;
+    // Placements from before a restart are authorized from the start.
+    parts.cp.refresh().await.map_err(|e| e.to_string())?;
+    let state = Arc::new(State {
+        parts,
+        td,
+        tasks,
+        metrics: Metrics::default(),
+    });
+
+    let listener = tokio::net::TcpListener::bind(api)
+        .await
+        .map_err(|e| format!("cannot listen on {api}: {e}"))?;
+    let api_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let http_task = match http {
+        None => None,
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let local = l.local_addr().map_err(|e| e.to_string())?;
+            Some((
+                local,
+                tokio::spawn(serve_http(l, Arc::clone(&state), shutdown.clone())),
+            ))
+        }
+    };
+    let _ = bound.send(Bound {
+        api: api_addr,
+        http: http_task.as_ref().map(|(a, _)| *a),
+    });
+    tracing::info!(%api_addr, id = %own_id, "control-plane API listening (mTLS)");
+
+    let cp = state.parts.cp.clone();
+    let cv_stop = shutdown.clone();
+    let background = tokio::spawn(async move { cp.run(reverify_every, cv_stop).await });
+    let mut stop = shutdown.clone();
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(
+            NodeServer::new(NodeApi(Arc::clone(&state)))
+                .max_decoding_message_size(ringfence_api::MAX_MESSAGE)
+                .max_encoding_message_size(ringfence_api::MAX_MESSAGE),
+        )
+        .add_service(
+            AdminServer::new(AdminApi(Arc::clone(&state)))
+                .max_decoding_message_size(ringfence_api::MAX_MESSAGE)
+                .max_encoding_message_size(ringfence_api::MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(incoming(listener, Arc::new(tls)), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    rotator.abort();
+    if let Some((_, h)) = http_task {
+        let _ = h.await;
+    }
+    let bg = background.await;
+    grpc.map_err(|e| format!("the API server stopped: {e}"))?;
+    match bg {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the control plane's background work stopped: {e}")),
+    }
+}
+
+/// The control plane's own identity, on its own host.
+struct SelfAuthority {
+    id: SpiffeId,
+    machine: MachineId,
+    clock: Arc<dyn Clock>,
+}
+
+impl IssuanceAuthority for SelfAuthority {
+    fn authorize(
+        &self,
+        machine: &MachineId,
+        spiffe_id: &SpiffeId,
+    ) -> Result<IssuanceAuthorization, String> {
+        Exactly(IssuanceAuthorization {
+            spiffe_id: self.id.clone(),
+            machine: self.machine.clone(),
+            not_after: self.clock.now().saturating_add(Duration::from_secs(60)),
+        })
+        .authorize(machine, spiffe_id)
+    }
+}
+
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let health = Arc::clone(&state);
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let s = Arc::clone(&health);
+                async move {
+                    match s.health().await {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+                        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let s = Arc::clone(&state);
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        s.render_metrics().await,
+                    )
+                }
+            }),
+        );
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "the HTTP endpoint stopped");
+    }
+}
