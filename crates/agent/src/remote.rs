@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rcgen::{CertificateParams, KeyPair, SanType};
@@ -220,14 +221,25 @@ async fn join(
     let config = client_config(rx, policy.clone(), clock).map_err(|e| format!("TLS: {e}"))?;
     let mut node = client(cfg.server, config);
     let (key, csr) = csr_for(own)?;
-    let reply = node
-        .join(pb::JoinRequest {
-            token,
-            csr_der: csr,
-        })
-        .await
-        .map_err(|s| rpc("join", s))?
-        .into_inner();
+    // A control plane that is not up yet is waited for; a refusal is final.
+    let mut wait = Duration::from_millis(500);
+    let reply = loop {
+        match node
+            .join(pb::JoinRequest {
+                token: token.clone(),
+                csr_der: csr.clone(),
+            })
+            .await
+        {
+            Ok(r) => break r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                tracing::warn!(error = %rpc("join", s), "retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(s) => return Err(rpc("join", s)),
+        }
+    };
     let bundle_der = reply.bundle_der.clone();
     let svid = svid_of(reply)?;
     if &svid.spiffe_id != own {

@@ -95,7 +95,8 @@ pub async fn run(args: AgentArgs, settings: &crate::config::Settings) -> Result<
         .unwrap_or_else(|| PathBuf::from("/var/lib/ringfence/agent").join(&args.machine));
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (remote, renewer) = Remote::connect(
+    let mut stopped = stop_rx.clone();
+    let connect = Remote::connect(
         RemoteConfig {
             server,
             trust_domain: TrustDomain::parse(&args.trust_domain)?,
@@ -105,9 +106,11 @@ pub async fn run(args: AgentArgs, settings: &crate::config::Settings) -> Result<
             join_token: args.join_token.clone(),
         },
         Arc::clone(&clock),
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    );
+    let (remote, renewer) = tokio::select! {
+        r = connect => r.map_err(anyhow::Error::msg)?,
+        _ = stopped.wait_for(|s| *s) => return Ok(exit::SUCCESS),
+    };
     println!(
         "ringfence agent: {} holds spiffe://{}/machine/{}; control plane {}",
         args.machine, args.trust_domain, args.machine, server

@@ -1,0 +1,832 @@
+//! The chain across the network, with the real binary: `ringfence server` as one process and
+//! two `ringfence agent`s as others, each agent in a network namespace of its own behind a
+//! veth pair (two hosts as far as the network goes). People talk to the server through the
+//! CLI with `--server`; the attacks go straight at the gRPC API with the certificates an
+//! attacker on one machine would hold.
+//!
+//! One scenario, run on the embedded store and on a 3-member etcd cluster: a compliant job
+//! runs and its task holds its SVID (fetched by py-spiffe); a machine asks for a task SVID it
+//! does not run and an image it has no task for (refused, audited); join tokens are one-time
+//! and bound to their machine; `kill -9` of the control plane loses nothing and the task
+//! keeps running with renewed SVIDs through the restarted server; `kill -9` of the agent
+//! running the task moves it to the other machine.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code: a panic is a failure report
+
+#[path = "../../admission/tests/common/mod.rs"]
+mod common;
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Fixture;
+use ringfence_api::pb;
+use ringfence_api::pb::admin_client::AdminClient;
+use ringfence_api::pb::node_client::NodeClient;
+use ringfence_core::{SystemClock, TrustDomain};
+use ringfence_identity::files;
+use ringfence_identity::tls::{PeerPolicy, client_config};
+use ringfence_identity::workload_api::X509Material;
+use ringfence_provenance::statement::Sha256;
+use serde_json::Value;
+
+const TD: &str = "acme.test";
+const WEB: &str = "spiffe://acme.test/ns/payments/svc/web";
+const TASK: &str = "payments.web.web-1.0";
+const SVID_TTL_S: u64 = 8;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ringfence")
+}
+
+/// A process this test started, stopped by its PID when dropped.
+struct Proc {
+    child: Child,
+    name: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, log_dir: &Path, cmd: &mut Command) -> Self {
+        let log = log_dir.join(format!("{name}.log"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = cmd
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self {
+            child,
+            name: name.into(),
+            log,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&mut self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status();
+    }
+
+    /// SIGKILL, and reap it.
+    fn kill9(&mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for it (SIGKILL after 20 s).
+    fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                panic!("{} did not stop on SIGTERM:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.kill9();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace with a veth pair to the host: `host_ip` on the host's end,
+/// `ns_ip` inside, a default route to the host.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+impl Netns {
+    fn new(tag: &str, subnet: u8) -> Self {
+        let id = std::process::id() % 100_000;
+        let name = format!("rf-{tag}-{id}");
+        let host_if = format!("rfh{tag}{id}");
+        let ns_if = format!("rfn{tag}{id}");
+        let third = u8::try_from(std::process::id() % 250).unwrap();
+        let host_ip = format!("10.{subnet}.{third}.1");
+        let ns_ip = format!("10.{subnet}.{third}.2");
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        ip(&["netns", "add", &name]);
+        let n = Self {
+            name,
+            host_if,
+            host_ip,
+            ns_ip,
+        };
+        ip(&[
+            "link", "add", &n.host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &n.name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", n.host_ip),
+            "dev",
+            &n.host_if,
+        ]);
+        ip(&["link", "set", &n.host_if, "up"]);
+        let exec = |args: &[&str]| {
+            let mut v = vec!["netns", "exec", n.name.as_str(), "ip"];
+            v.extend_from_slice(args);
+            ip(&v);
+        };
+        exec(&["addr", "add", &format!("{}/30", n.ns_ip), "dev", &ns_if]);
+        exec(&["link", "set", &ns_if, "up"]);
+        exec(&["link", "set", "lo", "up"]);
+        exec(&["route", "add", "default", "via", &n.host_ip]);
+        n
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
+
+struct Scenario {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    store: Option<String>,
+    listen: SocketAddr,
+    f: Fixture,
+}
+
+impl Scenario {
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--data-dir").arg(&self.data);
+        if let Some(s) = &self.store {
+            cmd.args(["--store", s]);
+        }
+        let out = cmd
+            .args(["--server", &self.listen.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.cli(args);
+        assert_eq!(code, 0, "ringfence {}: {out}{err}", args.join(" "));
+        out
+    }
+
+    fn server(&self, name: &str) -> Proc {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--data-dir").arg(&self.data);
+        if let Some(s) = &self.store {
+            cmd.args(["--store", s]);
+        }
+        cmd.args([
+            "server",
+            "--listen",
+            &self.listen.to_string(),
+            "--http",
+            "127.0.0.1:0",
+            "--trust-domain",
+            TD,
+            "--machine-timeout",
+            "3s",
+            "--svid-ttl",
+            &format!("{SVID_TTL_S}s"),
+        ]);
+        let p = Proc::spawn(name, self.dir.path(), &mut cmd);
+        wait_for(Duration::from_secs(20), "the server to listen", || {
+            p.log().contains("ringfence server: API on").then_some(())
+        });
+        p
+    }
+
+    fn agent(&self, ns: &Netns, machine: &str, token: Option<&str>, uid_base: u32) -> Proc {
+        // The server's address is on the first namespace's link; the second reaches it
+        // through its own link and the host.
+        let server = self.listen;
+        let root = self.dir.path().join("agents").join(machine);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name, bin()])
+            .args([
+                "--server",
+                &server.to_string(),
+                "agent",
+                "--machine",
+                machine,
+            ])
+            .args(["--trust-domain", TD, "--address", &ns.ns_ip])
+            .arg("--root")
+            .arg(&root)
+            .arg("--bundle")
+            .arg(self.data.join("identity").join("bundle.pem"))
+            .args(["--uid-base", &uid_base.to_string(), "--uid-count", "16"])
+            .args(["--poll", "200ms"]);
+        if let Some(t) = token {
+            cmd.args(["--join-token", t]);
+        }
+        Proc::spawn(machine, self.dir.path(), &mut cmd)
+    }
+
+    fn token(&self, machine: &str) -> String {
+        self.ok(&["machine", "token", machine]).trim().to_owned()
+    }
+
+    fn job(&self) -> Value {
+        let out = self.ok(&["job", "status", "payments/web-1", "--output", "json"]);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// The machine `TASK` runs on with its SVID (waits up to `within`; `logs` for the report
+    /// when it does not).
+    fn running(&self, within: Duration, not_on: Option<&str>, logs: &dyn Fn() -> String) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let j = self.job();
+            let t = &j["tasks"][0];
+            let s = &t["status"];
+            if let Some(placed) = t["placement"]["machine"].as_str()
+                && s["machine"] == placed
+                && s["report"]["state"] == "running"
+                && s["report"]["svid"] == true
+                && Some(placed) != not_on
+            {
+                return placed.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the task does not run with its SVID: {j:#}\n{}",
+                logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn socket(&self, machine: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("agents")
+            .join(machine)
+            .join("run")
+            .join("sockets")
+            .join(TASK)
+            .join("workload.sock")
+    }
+
+    fn audit(&self, action: &str) -> Vec<Value> {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--data-dir").arg(&self.data);
+        if let Some(s) = &self.store {
+            cmd.args(["--store", s]);
+        }
+        let out = cmd
+            .args(["audit", "query", "--action", action, "--output", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "audit query: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["event"].clone())
+            .collect()
+    }
+}
+
+fn ns_host_ip(ns: &Netns) -> std::net::IpAddr {
+    ns.host_ip.parse().unwrap()
+}
+
+fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// py-spiffe's view of `socket`: the SPIFFE ID and the SVID's expiry (Unix seconds).
+fn py_spiffe(socket: &Path) -> Option<(String, f64)> {
+    let script = format!(
+        "from spiffe import WorkloadApiClient\nc = WorkloadApiClient(socket_path='unix://{}')\ns = c.fetch_x509_svid()\nl = s.leaf\nt = getattr(l, 'not_valid_after_utc', None) or l.not_valid_after\nimport calendar\nprint(s.spiffe_id, calendar.timegm(t.utctimetuple()))\n",
+        socket.display()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (id, t) = text.trim().split_once(' ')?;
+    Some((id.to_owned(), t.parse().ok()?))
+}
+
+fn now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The processes whose uid is in `[base, base + 16)`: an agent's tasks.
+fn task_pids(base: u32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let uid = std::fs::metadata(e.path()).ok()?.uid();
+            (base..base + 16).contains(&uid).then_some(pid)
+        })
+        .collect()
+}
+
+fn kill_pids(pids: &[i32]) {
+    for p in pids {
+        let _ = Command::new("kill")
+            .args(["-KILL", &p.to_string()])
+            .status();
+    }
+}
+
+/// A gRPC channel to the server with `material` as the client certificate (`None`: no
+/// certificate, the bundle only).
+fn channel(
+    listen: SocketAddr,
+    bundle: &Path,
+    material: Option<X509Material>,
+) -> tonic::transport::Channel {
+    let td = TrustDomain::parse(TD).unwrap();
+    let m = material.unwrap_or_else(|| X509Material {
+        spiffe_id: td.workload(&["machine", "nobody"]).unwrap(),
+        cert_der: vec![],
+        intermediates: vec![],
+        key_pkcs8_der: vec![],
+        bundle_der: files::read_bundle(bundle).unwrap(),
+        trust_domain: td.clone(),
+    });
+    let (_tx, rx) = tokio::sync::watch::channel(Some(m));
+    std::mem::forget(_tx);
+    let mut config = client_config(
+        rx,
+        PeerPolicy::OneOf(vec![td.workload(&["ringfence", "controlplane"]).unwrap()]),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    ringfence_api::transport::channel(listen, Arc::new(config))
+}
+
+fn csr(id: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+    p.serialize_request(&key).unwrap().der().to_vec()
+}
+
+fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: tonic::Code, msg: &str) {
+    match r {
+        Ok(v) => panic!("expected a refusal ({msg}), got {v:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "{}", s.message());
+            assert!(
+                s.message().contains(msg),
+                "{:?} does not say {msg:?}",
+                s.message()
+            );
+        }
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The scenario on `store` (the embedded one when `None`); `lane` keeps concurrent runs'
+/// namespaces, subnets and uids apart.
+fn scenario(store: Option<String>, lane: u8) {
+    assert!(
+        ringfence_sandbox::run::is_root(),
+        "the network suite runs agents and their sandboxes: it needs root"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("ringfence-net")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ns1 = Netns::new(&format!("{lane}a"), 250 - 2 * lane);
+    let ns2 = Netns::new(&format!("{lane}b"), 251 - 2 * lane);
+    let listen = SocketAddr::new(ns_host_ip(&ns1), ringfence_test_util::free_port().unwrap());
+    let data = dir.path().join("cp");
+    let mut s = Scenario {
+        dir,
+        data,
+        store,
+        listen,
+        f: Fixture::new(),
+    };
+
+    // The image (the suite's probe as entrypoint) and its attestations, in the artifact store.
+    let probe = s.dir.path().join("probe");
+    ringfence_test_util::probe::build(&probe).unwrap_or_else(|e| panic!("{e:#}"));
+    let layer =
+        ringfence_provenance::oci::tar(&[("bin/probe", 0o755, &std::fs::read(&probe).unwrap())]);
+    let layout = s.dir.path().join("image");
+    s.f.image = ringfence_provenance::oci::write_layout(
+        &layout,
+        &serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/bin/probe"]}}),
+        &[layer],
+        "web:test",
+    )
+    .unwrap();
+    let manifest = format!(
+        "apiVersion: ringfence.dev/v1\nkind: Job\nmetadata: {{name: web-1, namespace: payments}}\nspec:\n  service: web\n  environment: production\n  image: registry.acme.test/payments/web@{}\n  args: [unix-connect, /run/spiffe/workload.sock]\n  ring: hardened\n",
+        s.f.image
+    );
+    s.f.config = Sha256::of(manifest.as_bytes());
+    let job_path = s.dir.path().join("job.yaml");
+    std::fs::write(&job_path, &manifest).unwrap();
+    let mut att_paths = Vec::new();
+    for a in s.f.attestations() {
+        let p = s.dir.path().join(&a.source);
+        std::fs::write(&p, serde_json::to_vec(&a.envelope).unwrap()).unwrap();
+        att_paths.push(p);
+    }
+    let policy = s.dir.path().join("policy.yaml");
+    std::fs::write(&policy, s.f.policy_yaml("enforce", "")).unwrap();
+
+    let mut server = s.server("server");
+    let http = {
+        let log = server.log();
+        let line = log.lines().find(|l| l.contains("/healthz")).unwrap();
+        line.split("http://")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(http_get(&http, "/healthz").contains("200 OK"));
+    s.ok(&["bab", "policy", "apply", policy.to_str().unwrap()]);
+
+    s.ok(&[
+        "artifact",
+        "push",
+        layout.to_str().unwrap(),
+        "--attestation",
+        att_paths[0].to_str().unwrap(),
+    ]);
+
+    // Two machines join, each from its own network namespace.
+    let base1 = 3_000_000 + u32::from(lane) * 100_000 + (std::process::id() % 1_000) * 64;
+    let base2 = base1 + 32;
+    let t1 = s.token("dev-1");
+    let t2 = s.token("dev-2");
+    let mut agents = vec![
+        ("dev-1", s.agent(&ns1, "dev-1", Some(&t1), base1), base1),
+        ("dev-2", s.agent(&ns2, "dev-2", Some(&t2), base2), base2),
+    ];
+    let logs = |agents: &[(&str, Proc, u32)]| -> String {
+        agents
+            .iter()
+            .map(|(m, p, _)| format!("--- {m}:\n{}", p.log()))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let machines: Vec<Value> = loop {
+        let out = s.ok(&["machine", "list", "--output", "json"]);
+        let v: Vec<Value> = serde_json::from_str(&out).unwrap();
+        if v.len() == 2 {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agents did not register: {v:?}\n{}",
+            logs(&agents)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (m, ns) in [("dev-1", &ns1), ("dev-2", &ns2)] {
+        let rec = machines.iter().find(|x| x["id"] == m).unwrap();
+        assert_eq!(rec["address"], ns.ns_ip.as_str());
+        assert_eq!(
+            rec["pool"], "development",
+            "no host attestation: development only"
+        );
+        assert_eq!(rec["trust"], "development");
+    }
+
+    // A compliant job, submitted by a person over the API, runs with its SVID.
+    let mut args = vec!["job", "submit", job_path.to_str().unwrap()];
+    for p in &att_paths {
+        args.extend(["--attestation", p.to_str().unwrap()]);
+    }
+    let out = s.ok(&args);
+    assert!(out.starts_with("PLACED payments/web-1 (compliant"), "{out}");
+    let first = s.running(Duration::from_secs(40), None, &|| logs(&agents));
+    let (id, expiry0) = py_spiffe(&s.socket(&first)).expect("py-spiffe reads the task's socket");
+    assert_eq!(id, WEB);
+    let other = if first == "dev-1" { "dev-2" } else { "dev-1" };
+
+    // Attacks with what a machine or a person actually holds.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bundle = s.data.join("identity").join("bundle.pem");
+    let other_svid = files::load(&s.dir.path().join("agents").join(other).join("machine")).unwrap();
+    let admin_svid = files::load(&s.data.join("admin")).unwrap();
+    rt.block_on(async {
+        let mut other_node = NodeClient::new(channel(listen, &bundle, Some(other_svid.clone())));
+        refused(
+            other_node
+                .issue_svid(pb::CsrRequest { csr_der: csr(WEB) })
+                .await,
+            tonic::Code::PermissionDenied,
+            &format!("no admitted task of {WEB} is placed on machine {other}"),
+        );
+        refused(
+            other_node
+                .fetch_image(pb::FetchImageRequest {
+                    digest: s.f.image.to_string(),
+                })
+                .await
+                .map(|_| ()),
+            tonic::Code::PermissionDenied,
+            &format!("no task assigned to machine {other} runs image"),
+        );
+        // Its machine SVID renews only itself.
+        refused(
+            other_node
+                .renew_machine(pb::CsrRequest {
+                    csr_der: csr(&format!("spiffe://{TD}/machine/{first}")),
+                })
+                .await,
+            tonic::Code::PermissionDenied,
+            &format!("only spiffe://{TD}/machine/{other} may be issued here"),
+        );
+        // A machine is not a person.
+        let mut as_admin = AdminClient::new(channel(listen, &bundle, Some(other_svid.clone())));
+        refused(
+            as_admin.list_jobs(pb::ListRequest {}).await,
+            tonic::Code::PermissionDenied,
+            "is not a person",
+        );
+        // A person is not a machine.
+        let mut admin_node = NodeClient::new(channel(listen, &bundle, Some(admin_svid)));
+        refused(
+            admin_node.assignments(pb::AssignmentsRequest {}).await,
+            tonic::Code::PermissionDenied,
+            "is not a machine",
+        );
+        // No certificate: only Join answers.
+        let mut anon = NodeClient::new(channel(listen, &bundle, None));
+        refused(
+            anon.assignments(pb::AssignmentsRequest {}).await,
+            tonic::Code::Unauthenticated,
+            "this call needs a machine SVID",
+        );
+        // A spent token, a made-up one, and one for another machine.
+        refused(
+            anon.join(pb::JoinRequest {
+                token: t1.clone(),
+                csr_der: csr(&format!("spiffe://{TD}/machine/dev-1")),
+            })
+            .await,
+            tonic::Code::PermissionDenied,
+            "unknown or already used join token",
+        );
+        refused(
+            anon.join(pb::JoinRequest {
+                token: "rfjt.0000".into(),
+                csr_der: csr(&format!("spiffe://{TD}/machine/dev-1")),
+            })
+            .await,
+            tonic::Code::PermissionDenied,
+            "unknown or already used join token",
+        );
+    });
+    let t9 = s.token("dev-9");
+    rt.block_on(async {
+        let mut anon = NodeClient::new(channel(listen, &bundle, None));
+        refused(
+            anon.join(pb::JoinRequest {
+                token: t9.clone(),
+                csr_der: csr(&format!("spiffe://{TD}/machine/dev-1")),
+            })
+            .await,
+            tonic::Code::PermissionDenied,
+            &format!("this join token is for spiffe://{TD}/machine/dev-9"),
+        );
+        // That refusal did not spend it: dev-9 itself can still join.
+        let ok = anon
+            .join(pb::JoinRequest {
+                token: t9.clone(),
+                csr_der: csr(&format!("spiffe://{TD}/machine/dev-9")),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ok.spiffe_id, format!("spiffe://{TD}/machine/dev-9"));
+    });
+    let creds = s.dir.path().join("agents").join(other).join("machine");
+    let (code, _, err) = s.cli(&["--credentials", creds.to_str().unwrap(), "job", "list"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("refused") && err.contains("is not a person"),
+        "{err}"
+    );
+    let metrics = http_get(&http, "/metrics");
+    assert!(
+        metrics.contains(
+            "ringfence_api_calls_total{method=\"Node/IssueSvid\",code=\"PermissionDenied\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ringfence_tasks{state=\"running\",svid=\"true\"} 1"),
+        "{metrics}"
+    );
+
+    // kill -9 of the control plane: the task keeps running; after the restart nothing is
+    // lost, the agents reconnect, and the task's SVID is renewed through the new process.
+    let task_pids_before = task_pids(if first == "dev-1" { base1 } else { base2 });
+    assert!(!task_pids_before.is_empty());
+    server.kill9();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        task_pids_before
+            .iter()
+            .all(|p| Path::new(&format!("/proc/{p}")).exists()),
+        "the task kept running while the control plane was down"
+    );
+    let restarted_at = now_s();
+    let mut server = s.server("server-restarted");
+    let job = s.job();
+    assert_eq!(job["job"]["state"]["state"], "placed");
+    assert_eq!(job["tasks"][0]["placement"]["machine"], first.as_str());
+    wait_for(
+        Duration::from_secs(SVID_TTL_S * 3),
+        "an SVID renewed through the restarted server",
+        || {
+            let (id, expiry) = py_spiffe(&s.socket(&first))?;
+            (id == WEB && expiry > expiry0 && expiry > restarted_at + 1.0).then_some(())
+        },
+    );
+    let machines: Vec<Value> =
+        serde_json::from_str(&s.ok(&["machine", "list", "--output", "json"])).unwrap();
+    for m in &machines {
+        if m["id"] == "dev-9" {
+            continue;
+        }
+        let seen = m["lastSeen"].as_f64().unwrap_or_default() / 1000.0;
+        assert!(seen > restarted_at, "{} reconnected: {m}", m["id"]);
+    }
+    assert!(
+        task_pids_before
+            .iter()
+            .all(|p| Path::new(&format!("/proc/{p}")).exists()),
+        "the same task process ran through the restart"
+    );
+
+    // kill -9 of the agent running the task: it moves to the other machine.
+    let (i, _) = agents
+        .iter()
+        .enumerate()
+        .find(|(_, (m, _, _))| *m == first)
+        .unwrap();
+    let (_, mut dead, dead_base) = agents.remove(i);
+    dead.kill9();
+    let orphans = task_pids(dead_base);
+    let moved = s.running(Duration::from_secs(40), Some(&first), &|| logs(&agents));
+    assert_eq!(moved, other);
+    let (id, _) = py_spiffe(&s.socket(&moved)).unwrap();
+    assert_eq!(id, WEB);
+    // On a real host the orphans would die with it; here they share the kernel.
+    kill_pids(&orphans);
+
+    // Stop: the task ends.
+    s.ok(&["job", "stop", "payments/web-1"]);
+    let live_base = agents[0].2;
+    wait_for(Duration::from_secs(20), "the task to end", || {
+        task_pids(live_base).is_empty().then_some(())
+    });
+    for (_, a, _) in &mut agents {
+        assert!(a.stop().success(), "{}", a.log());
+    }
+    assert!(server.stop().success(), "{}", server.log());
+
+    // The audit log (the server is stopped, so the Store opens) has every refusal.
+    let issues = s.audit("identity.issue");
+    assert!(
+        issues.iter().any(|e| e["decision"] == "deny"
+            && e["details"]["machine"] == other
+            && e["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no admitted task")),
+        "{issues:#?}"
+    );
+    let joins = s.audit("machine.join");
+    assert!(joins.iter().any(|e| e["decision"] == "deny"), "{joins:#?}");
+    assert_eq!(
+        joins.iter().filter(|e| e["decision"] == "allow").count(),
+        3,
+        "dev-1, dev-2 and dev-9 joined once each: {joins:#?}"
+    );
+    let places = s.audit("job.place");
+    assert!(
+        places.iter().any(|e| e["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("moved from {first} (not heard from) to {other}"))),
+        "{places:#?}"
+    );
+}
+
+#[test]
+fn two_agents_in_their_own_network_namespaces_run_a_job_through_kill_9_of_the_control_plane_and_of_an_agent()
+ {
+    scenario(None, 0);
+}
+
+#[test]
+fn the_same_with_the_store_on_a_three_member_etcd_cluster() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cluster = rt
+        .block_on(ringfence_test_util::etcd::EtcdCluster::start(3))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    scenario(Some(cluster.store_url()), 1);
+    drop(cluster);
+}
