@@ -112,7 +112,7 @@ fn placement(j: &JobRecord) -> String {
 
 pub async fn run(cmd: JobCommand, settings: &Settings) -> Result<u8> {
     if let Some(api) = crate::client::admin(settings)? {
-        return remote(cmd, api).await;
+        return remote(cmd, api, settings).await;
     }
     match cmd {
         JobCommand::Submit {
@@ -161,26 +161,7 @@ pub async fn run(cmd: JobCommand, settings: &Settings) -> Result<u8> {
         } => {
             let (ns, name) = split(&job)?;
             let record = control_plane(settings).await?.job(ns, name).await?;
-            let Some(task) = record.tasks.get(replica as usize) else {
-                anyhow::bail!("{job} has no replica {replica}");
-            };
-            let Some(machine) = &task.machine else {
-                anyhow::bail!("{} is not placed", task.id);
-            };
-            let file = crate::up_cmd::agents_root(&settings.data_dir)
-                .join(machine)
-                .join("tasks")
-                .join(&task.id)
-                .join(if stderr { "stderr.log" } else { "stdout.log" });
-            let text = std::fs::read(&file).with_context(|| {
-                format!(
-                    "no log at {} (logs are read from agents on this host)",
-                    file.display()
-                )
-            })?;
-            use std::io::Write as _;
-            std::io::stdout().write_all(&text)?;
-            Ok(exit::SUCCESS)
+            print_log(&record, replica, stderr, settings)
         }
         JobCommand::Stop { job, by } => {
             let (ns, name) = split(&job)?;
@@ -292,6 +273,7 @@ fn print_status(
 async fn remote(
     cmd: JobCommand,
     mut api: ringfence_api::pb::admin_client::AdminClient<tonic::transport::Channel>,
+    settings: &Settings,
 ) -> Result<u8> {
     use ringfence_api::pb;
     async fn statuses(
@@ -377,9 +359,19 @@ async fn remote(
             let statuses = statuses(&mut api).await?;
             print_status(&record, &statuses, output)
         }
-        JobCommand::Logs { .. } => anyhow::bail!(
-            "task logs stay on the agent's host: run `ringfence job logs` there, or read <agent-root>/run/tasks/<task>/stdout.log"
-        ),
+        JobCommand::Logs {
+            job,
+            replica,
+            stderr,
+        } => {
+            let (ns, name) = split(&job)?;
+            let record = jobs(&mut api)
+                .await?
+                .into_iter()
+                .find(|j| j.namespace == ns && j.name == name)
+                .with_context(|| format!("no job {job}"))?;
+            print_log(&record, replica, stderr, settings)
+        }
         JobCommand::Stop { job, by } => {
             if by.is_some() {
                 anyhow::bail!(
@@ -397,4 +389,29 @@ async fn remote(
             Ok(exit::SUCCESS)
         }
     }
+}
+
+/// A task's captured output, read from the agents on this host.
+fn print_log(record: &JobRecord, replica: u32, stderr: bool, settings: &Settings) -> Result<u8> {
+    let job = record.key();
+    let Some(task) = record.tasks.get(replica as usize) else {
+        anyhow::bail!("{job} has no replica {replica}");
+    };
+    let Some(machine) = &task.machine else {
+        anyhow::bail!("{} is not placed", task.id);
+    };
+    let file = crate::up_cmd::agents_root(&settings.data_dir)
+        .join(machine)
+        .join("tasks")
+        .join(&task.id)
+        .join(if stderr { "stderr.log" } else { "stdout.log" });
+    let text = std::fs::read(&file).with_context(|| {
+        format!(
+            "no log at {} (logs are read from agents on this host)",
+            file.display()
+        )
+    })?;
+    use std::io::Write as _;
+    std::io::stdout().write_all(&text)?;
+    Ok(exit::SUCCESS)
 }

@@ -93,6 +93,13 @@ enum Command {
         /// Stop once every demo task runs with its SVID (or after 60 s) instead of running on
         #[arg(long)]
         once: bool,
+        /// Where the control-plane API listens (mTLS), for `ringfence --server` commands and
+        /// agents on other hosts
+        #[arg(long, default_value = "127.0.0.1:7443", value_name = "ADDR")]
+        api: std::net::SocketAddr,
+        /// Where /healthz and /metrics are served
+        #[arg(long, default_value = "127.0.0.1:7444", value_name = "ADDR")]
+        http: std::net::SocketAddr,
     },
     /// Run the control plane as a server: the gRPC API over mTLS with its own SVID
     /// (spiffe://<td>/ringfence/controlplane), /healthz and /metrics over HTTP; writes the
@@ -196,7 +203,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
             print_version(json)?;
             Ok(exit::SUCCESS)
         }
-        Command::Up { once } => up_cmd::run(once, &settings).await,
+        Command::Up { once, api, http } => up_cmd::run(once, api, http, &settings).await,
         Command::Store(cmd) => store_cmd::run(cmd, &settings).await,
         Command::Audit(cmd) => audit_cmd::run(cmd, &settings).await,
         Command::Identity(cmd) => identity_cmd::run(cmd, &settings).await,

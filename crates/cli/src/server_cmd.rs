@@ -89,9 +89,6 @@ pub async fn run(args: ServerArgs, settings: &Settings) -> Result<u8> {
         Arc::clone(&clock),
         cp_settings,
     )?;
-    let bundle = id_dir.join(files::BUNDLE);
-    std::fs::write(&bundle, files::bundle_pem(&ca.bundle_der(clock.now())))
-        .with_context(|| format!("cannot write {}", bundle.display()))?;
     let parts = ServerParts {
         cp,
         store,
@@ -101,73 +98,36 @@ pub async fn run(args: ServerArgs, settings: &Settings) -> Result<u8> {
         scratch: data.join("server-scratch"),
         clock: Arc::clone(&clock),
     };
-    // The bootstrap admin, renewed at half-life while the server runs.
-    let admin_dir = data.join("admin");
-    let admin_id = ca.trust_domain().workload(&["user", ADMIN])?;
-    let issue_admin = {
-        let (ca, audit, clock) = (
-            Arc::clone(&ca),
-            Arc::clone(&parts.audit),
-            Arc::clone(&clock),
-        );
-        move || {
-            let (ca, audit, clock, dir, id) = (
-                Arc::clone(&ca),
-                Arc::clone(&audit),
-                Arc::clone(&clock),
-                admin_dir.clone(),
-                admin_id.clone(),
-            );
-            async move {
-                let m = self_issue(&ca, &audit, &clock, "controlplane", &id)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                files::save(&dir, &m).with_context(|| format!("{}", dir.display()))
-            }
-        }
-    };
-    issue_admin()
-        .await
-        .context("cannot issue the bootstrap admin certificate")?;
-    let renew_every = args.svid_ttl / 2;
-    let renewer = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(renew_every).await;
-            if let Err(e) = issue_admin().await {
-                tracing::warn!(error = %format!("{e:#}"), "cannot renew the bootstrap admin certificate");
-            }
-        }
-    });
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<Bound>();
-    let server = tokio::spawn(serve(
+    let (bound, server, renewer) = start(
         parts,
         args.listen,
         Some(args.http),
-        args.reverify,
-        bound_tx,
+        Some(args.reverify),
+        args.svid_ttl,
+        data,
         stop_rx,
-    ));
-    if let Ok(b) = bound_rx.await {
-        println!(
-            "ringfence server: API on {} (mTLS as spiffe://{}/ringfence/controlplane)",
-            b.api,
-            ca.trust_domain()
-        );
-        if let Some(h) = b.http {
-            println!("  health and metrics: http://{h}/healthz, http://{h}/metrics");
-        }
-        println!("  trust bundle for agents: {}", bundle.display());
-        println!(
-            "  bootstrap admin certificate (/user/{ADMIN}): {}",
-            data.join("admin").display()
-        );
-        println!(
-            "  a machine joins with: ringfence --server {} machine token <name>, then on it: ringfence agent --server {} --machine <name> --bundle {} --join-token <token>",
-            b.api,
-            b.api,
-            bundle.display()
-        );
+    )
+    .await?;
+    println!(
+        "ringfence server: API on {} (mTLS as spiffe://{}/ringfence/controlplane)",
+        bound.api,
+        ca.trust_domain()
+    );
+    if let Some(h) = bound.http {
+        println!("  health and metrics: http://{h}/healthz, http://{h}/metrics");
     }
+    let bundle = id_dir.join(files::BUNDLE);
+    println!("  trust bundle for agents: {}", bundle.display());
+    println!(
+        "  bootstrap admin certificate (/user/{ADMIN}): {}",
+        data.join("admin").display()
+    );
+    println!(
+        "  a machine joins with: ringfence --server {} machine token <name>, then on it: ringfence agent --server {} --machine <name> --bundle {} --join-token <token>",
+        bound.api,
+        bound.api,
+        bundle.display()
+    );
     let r = server.await;
     renewer.abort();
     match r {
@@ -177,5 +137,74 @@ pub async fn run(args: ServerArgs, settings: &Settings) -> Result<u8> {
         }
         Ok(Err(e)) => Err(anyhow::anyhow!(e)),
         Err(e) => Err(anyhow::anyhow!("the server failed: {e}")),
+    }
+}
+
+/// Starts the API over `parts`: writes the trust bundle agents join with
+/// (`<data>/identity/bundle.pem`) and the bootstrap admin's certificate (`<data>/admin`,
+/// renewed at half of `svid_ttl` by the returned task), then serves until `stop`. Returns
+/// once it listens (or with the reason it cannot).
+pub(crate) async fn start(
+    parts: ServerParts,
+    listen: SocketAddr,
+    http: Option<SocketAddr>,
+    reverify: Option<Duration>,
+    svid_ttl: Duration,
+    data: &std::path::Path,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(
+    Bound,
+    tokio::task::JoinHandle<std::result::Result<(), String>>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let (ca, audit, clock) = (
+        Arc::clone(&parts.ca),
+        Arc::clone(&parts.audit),
+        Arc::clone(&parts.clock),
+    );
+    let bundle = data.join("identity").join(files::BUNDLE);
+    std::fs::write(&bundle, files::bundle_pem(&ca.bundle_der(clock.now())))
+        .with_context(|| format!("cannot write {}", bundle.display()))?;
+    let admin_dir = data.join("admin");
+    let admin_id = ca.trust_domain().workload(&["user", ADMIN])?;
+    let issue_admin = move || {
+        let (ca, audit, clock, dir, id) = (
+            Arc::clone(&ca),
+            Arc::clone(&audit),
+            Arc::clone(&clock),
+            admin_dir.clone(),
+            admin_id.clone(),
+        );
+        async move {
+            let m = self_issue(&ca, &audit, &clock, "controlplane", &id)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            files::save(&dir, &m).with_context(|| format!("{}", dir.display()))
+        }
+    };
+    issue_admin()
+        .await
+        .context("cannot issue the bootstrap admin certificate")?;
+    let renew_every = svid_ttl / 2;
+    let renewer = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(renew_every).await;
+            if let Err(e) = issue_admin().await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot renew the bootstrap admin certificate");
+            }
+        }
+    });
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<Bound>();
+    let server = tokio::spawn(serve(parts, listen, http, reverify, bound_tx, stop));
+    match bound_rx.await {
+        Ok(b) => Ok((b, server, renewer)),
+        Err(_) => {
+            renewer.abort();
+            match server.await {
+                Ok(Err(e)) => Err(anyhow::anyhow!(e)),
+                Ok(Ok(())) => Err(anyhow::anyhow!("the API stopped before it listened")),
+                Err(e) => Err(anyhow::anyhow!("the API failed: {e}")),
+            }
+        }
     }
 }

@@ -123,7 +123,12 @@ fn sign_once(path: &Path, stmt: &serde_json::Value, keys: &[&SigningKey]) -> Res
     Ok(())
 }
 
-pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
+pub async fn run(
+    once: bool,
+    api: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    settings: &Settings,
+) -> Result<u8> {
     // Ctrl-C is ours from the start (installed now, not when the wait begins), so an
     // interrupt at any moment ends in a clean stop of the agents and their tasks.
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -339,6 +344,40 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
     )?);
     // Placements from an earlier run are authorized from the start.
     cp.refresh().await?;
+    // The API, for `ringfence --server` while this runs (the Store is ours alone).
+    let parts = ringfence_controlplane::server::ServerParts {
+        cp: cp.clone(),
+        store: Arc::clone(&store),
+        audit: Arc::clone(&audit),
+        ca: Arc::clone(&ca),
+        artifacts: artifacts.clone(),
+        scratch: data.join("server-scratch"),
+        clock: Arc::clone(&clock),
+    };
+    let api_task = match crate::server_cmd::start(
+        parts,
+        api,
+        Some(http),
+        None,
+        Duration::from_secs(3600),
+        data,
+        stop_rx.clone(),
+    )
+    .await
+    {
+        Ok((bound, server, renewer)) => {
+            println!(
+                "      control-plane API on {} (mTLS; bootstrap admin certificate in {})",
+                bound.api,
+                data.join("admin").display()
+            );
+            Some((bound, server, renewer))
+        }
+        Err(e) => {
+            println!("      no control-plane API: {e:#} (use --api to pick another address)");
+            None
+        }
+    };
     for (id, pool) in MACHINES {
         cp.assign_pool(id, pool, "ringfence-up").await?;
     }
@@ -494,8 +533,12 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
         println!("      {line}");
     }
     let d = data.display();
+    let server = match &api_task {
+        Some((b, _, _)) => format!("--server {}", b.api),
+        None => format!("--data-dir {d}"),
+    };
     println!(
-        "\nTry next:\n  ringfence --data-dir {d} bab report                      # the report again (--output json)\n  ringfence --data-dir {d} audit tail                      # every verdict, placement and SVID, in the tamper-evident log\n  ringfence --data-dir {d} audit verify                    # recompute the log and check its signatures\n  ringfence --data-dir {d} artifact list                   # the demo images and their attestations\n  ringfence --data-dir {d} job list                        # the jobs, their verdicts and machines (job status|logs|stop)\n  ringfence --data-dir {d} attest verify --policy {d}/demo/web.policy.yaml --image {d}/demo/web-oci \\\n      --repository registry.ringfence.local/demo/web --job {d}/demo/jobs/web.yaml\n  ringfence --data-dir {d} bab admit --job {d}/demo/jobs/worker.yaml --break-glass \"INC-1: demo\"\n  cat {d}/notifications/*.jsonl                             # what the security team and the owners were told\n(commands that open the embedded store work while `ringfence up` is stopped)\n"
+        "\nTry next (while this runs: the API; the embedded store is in use):\n  ringfence --data-dir {d} {server} job list                 # the jobs, their verdicts and machines (job status|stop)\n  ringfence --data-dir {d} {server} machine list             # the machines and their pools\n  ringfence --data-dir {d} {server} bab policy apply FILE    # apply a service policy\n  curl -s http://{http}/metrics                              # API calls, machines, jobs and tasks\n  ringfence --data-dir {d} {server} job logs demo/web-1    # a task's output (read on this host)\n  cat {d}/notifications/*.jsonl                             # what the security team and the owners were told\nOnce stopped (they open the embedded store):\n  ringfence --data-dir {d} bab report                       # the conformance report (--output json)\n  ringfence --data-dir {d} audit tail                       # every verdict, placement and SVID, in the tamper-evident log\n  ringfence --data-dir {d} audit verify                     # recompute the log and check its signatures\n  ringfence --data-dir {d} artifact list                    # the demo images and their attestations\n  ringfence --data-dir {d} attest verify --policy {d}/demo/web.policy.yaml --image {d}/demo/web-oci \\\n      --repository registry.ringfence.local/demo/web --job {d}/demo/jobs/web.yaml\n  ringfence --data-dir {d} bab admit --job {d}/demo/jobs/worker.yaml --break-glass \"INC-1: demo\"\n"
     );
     if !once {
         println!(
@@ -530,6 +573,14 @@ pub async fn run(once: bool, settings: &Settings) -> Result<u8> {
         }
     }
     let _ = stop_tx.send(true);
+    if let Some((_, server, renewer)) = api_task {
+        renewer.abort();
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("the API stopped with an error: {e}"),
+            Err(e) => eprintln!("the API failed: {e}"),
+        }
+    }
     for a in agents {
         match a.await {
             Ok(Ok(())) => {}

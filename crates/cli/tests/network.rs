@@ -405,6 +405,7 @@ fn kill_pids(pids: &[i32]) {
     for p in pids {
         let _ = Command::new("kill")
             .args(["-KILL", &p.to_string()])
+            .stderr(Stdio::null())
             .status();
     }
 }

@@ -1032,12 +1032,14 @@ pub struct Bound {
 }
 
 /// Serves the API on `api` (and HTTP on `http`) until `shutdown` turns true. `bound` learns
-/// the addresses once both listen (port 0 picks free ones).
+/// the addresses once both listen (port 0 picks free ones). With `reverify_every`, the
+/// control plane's background work runs here too ([`ControlPlane::run`]); `None` when the
+/// caller runs it.
 pub async fn serve(
     parts: ServerParts,
     api: SocketAddr,
     http: Option<SocketAddr>,
-    reverify_every: Duration,
+    reverify_every: Option<Duration>,
     bound: tokio::sync::oneshot::Sender<Bound>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -1131,7 +1133,12 @@ pub async fn serve(
 
     let cp = state.parts.cp.clone();
     let cv_stop = shutdown.clone();
-    let background = tokio::spawn(async move { cp.run(reverify_every, cv_stop).await });
+    let background = tokio::spawn(async move {
+        match reverify_every {
+            Some(every) => cp.run(every, cv_stop).await,
+            None => Ok(()),
+        }
+    });
     let mut stop = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
