@@ -150,10 +150,11 @@ pub async fn run(jobs: usize, poll: Duration, dir: &Path) -> Result<()> {
         Settings::new(td.clone()),
     )?;
     let ca = Ca::generate(td, clock.now(), Duration::from_secs(86_400))?;
+    let ca = Arc::new(CaSet::new(ca));
     let issuance = Arc::new(IssuanceService::new(
-        Arc::new(CaSet::new(ca)),
+        Arc::clone(&ca),
         cp.authority(),
-        log,
+        log.clone(),
         Arc::clone(&clock),
     )?);
 
@@ -187,7 +188,7 @@ pub async fn run(jobs: usize, poll: Duration, dir: &Path) -> Result<()> {
 
     let api: Arc<dyn ControlPlaneApi> = Arc::new(Local {
         cp: cp.clone(),
-        artifacts,
+        artifacts: artifacts.clone(),
         issuance,
     });
     let init = crate::sandbox::sibling("ringfence-sandbox-init")?;
@@ -248,7 +249,7 @@ pub async fn run(jobs: usize, poll: Duration, dir: &Path) -> Result<()> {
     let all = figures(all, t.elapsed());
     row(&format!("submit-to-running, {jobs} jobs at once"), &all);
 
-    // Control-plane calls, in process (no network API yet): what agents and users call most.
+    // Control-plane calls, in process: what agents and users call most.
     let mut table = Vec::new();
     for (name, which) in [
         ("assignments(machine)", 0u8),
@@ -282,7 +283,129 @@ pub async fn run(jobs: usize, poll: Duration, dir: &Path) -> Result<()> {
         row(name, &f);
         table.push((name, f));
     }
+
+    // The same calls over the network API: gRPC over mTLS on loopback, with a machine SVID.
+    let audit: Arc<dyn ringfence_audit::AuditSink> = log;
+    let parts = ringfence_controlplane::server::ServerParts {
+        cp: cp.clone(),
+        store: Arc::clone(&store),
+        audit: Arc::clone(&audit),
+        ca: Arc::clone(&ca),
+        artifacts,
+        scratch: root.join("scratch"),
+        people: None,
+        clock: Arc::clone(&clock),
+    };
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(ringfence_controlplane::server::serve(
+        parts,
+        "127.0.0.1:0".parse()?,
+        None,
+        None,
+        bound_tx,
+        stop.subscribe(),
+    ));
+    let addr = bound_rx.await.context("the API did not start")?.api;
+    // The task of job b0 and the machine it runs on: its SVID is what IssueSvid signs.
+    let b0 = cp.job("bench", "b0").await?;
+    let b0_machine = b0
+        .tasks
+        .first()
+        .and_then(|t| t.machine.clone())
+        .context("b0 is not placed")?;
+    let node_for = |machine: String| {
+        let (ca, audit, clock) = (Arc::clone(&ca), Arc::clone(&audit), Arc::clone(&clock));
+        async move {
+            let id = ca.trust_domain().workload(&["machine", &machine])?;
+            let m = ringfence_controlplane::server::self_issue(&ca, &audit, &clock, &machine, &id)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let server_id = ca.trust_domain().workload(&["ringfence", "controlplane"])?;
+            let (_tx, rx) = tokio::sync::watch::channel(Some(m));
+            std::mem::forget(_tx);
+            let mut config = ringfence_identity::tls::client_config(
+                rx,
+                ringfence_identity::tls::PeerPolicy::OneOf(vec![server_id]),
+                Arc::clone(&clock),
+            )?;
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            anyhow::Ok(ringfence_api::pb::node_client::NodeClient::new(
+                ringfence_api::transport::channel(addr, Arc::new(config)),
+            ))
+        }
+    };
+    let dev = node_for("dev-1".into()).await?;
+    let owner = node_for(b0_machine.clone()).await?;
+    let svc = SpiffeId::parse("spiffe://bench.test/ns/bench/svc/svc-b0")?;
+    let csr = {
+        let key = rcgen::KeyPair::generate()?;
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        p.subject_alt_names = vec![rcgen::SanType::URI(svc.as_str().try_into()?)];
+        p.serialize_request(&key)?.der().to_vec()
+    };
+    // Warm the connections (the TLS handshake is not a call).
+    dev.clone()
+        .assignments(ringfence_api::pb::AssignmentsRequest {})
+        .await?;
+    owner
+        .clone()
+        .assignments(ringfence_api::pb::AssignmentsRequest {})
+        .await?;
+    for (name, which, concurrency) in [
+        ("API Assignments (mTLS, 1 caller)", 0u8, 1usize),
+        ("API Assignments (mTLS, 16 callers)", 0, 16),
+        ("API Report heartbeat (mTLS, 1 caller)", 1, 1),
+        ("API Report heartbeat (mTLS, 16 callers)", 1, 16),
+        ("API IssueSvid, signed + audited (1 caller)", 2, 1),
+    ] {
+        let t = Instant::now();
+        let mut callers = Vec::new();
+        for _ in 0..concurrency {
+            let (mut dev, mut owner, csr) = (dev.clone(), owner.clone(), csr.clone());
+            callers.push(tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while t.elapsed() < Duration::from_secs(2) {
+                    let s = Instant::now();
+                    match which {
+                        0 => drop(
+                            dev.assignments(ringfence_api::pb::AssignmentsRequest {})
+                                .await?,
+                        ),
+                        1 => drop(
+                            dev.report(ringfence_api::pb::ReportRequest {
+                                reports: vec![ringfence_api::pb::TaskReport {
+                                    task: "none".into(),
+                                    state: "running".into(),
+                                    detail: String::new(),
+                                    restarts: 0,
+                                    svid: true,
+                                }],
+                            })
+                            .await?,
+                        ),
+                        _ => drop(
+                            owner
+                                .issue_svid(ringfence_api::pb::CsrRequest {
+                                    csr_der: csr.clone(),
+                                })
+                                .await?,
+                        ),
+                    }
+                    samples.push(s.elapsed());
+                }
+                anyhow::Ok(samples)
+            }));
+        }
+        let mut samples = Vec::new();
+        for c in callers {
+            samples.extend(c.await??);
+        }
+        let f = figures(samples, t.elapsed());
+        row(name, &f);
+        table.push((name, f));
+    }
     stop.send_replace(true);
+    server.await?.map_err(anyhow::Error::msg)?;
     for a in agents {
         a.await?.map_err(anyhow::Error::msg)?;
     }

@@ -12,6 +12,7 @@ mod config;
 mod exit;
 mod identity_cmd;
 mod job_cmd;
+mod login_cmd;
 mod machine_cmd;
 mod sandbox_cmd;
 mod secrets;
@@ -108,6 +109,8 @@ enum Command {
     /// Run a node agent for one machine against `ringfence server` (joins once with a
     /// one-time token; development pool only until host attestation lands; root)
     Agent(agent_cmd::AgentArgs),
+    /// A short-lived user certificate (/user/<name>) for your enrolled key (over `--server`)
+    Login(login_cmd::LoginArgs),
     /// Machines (over `--server`): list, pools, one-time join tokens
     #[command(subcommand)]
     Machine(machine_cmd::MachineCommand),
@@ -214,6 +217,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
         Command::Server(args) => server_cmd::run(args, &settings).await,
         Command::Agent(args) => agent_cmd::run(args, &settings).await,
         Command::Machine(cmd) => machine_cmd::run(cmd, &settings).await,
+        Command::Login(args) => login_cmd::run(args, &settings).await,
         Command::Sandbox(cmd) => sandbox_cmd::run(cmd, false),
     }
 }

@@ -37,7 +37,11 @@ pub struct ServerArgs {
     /// A machine not heard from for this long is considered gone; its tasks move
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     machine_timeout: Duration,
-    /// Lifetime of the SVIDs the CA issues
+    /// The organisation's people and their enrolled keys (`[people.<name>] public_key =
+    /// "<PEM>"`), read at every login [default: <data-dir>/people.toml]
+    #[arg(long, value_name = "FILE")]
+    people: Option<std::path::PathBuf>,
+    /// Lifetime of the SVIDs the CA issues (user certificates included)
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     svid_ttl: Duration,
 }
@@ -96,6 +100,11 @@ pub async fn run(args: ServerArgs, settings: &Settings) -> Result<u8> {
         ca: Arc::clone(&ca),
         artifacts: ArtifactStore::open(&data.join("artifacts"))?,
         scratch: data.join("server-scratch"),
+        people: Some(
+            args.people
+                .clone()
+                .unwrap_or_else(|| data.join("people.toml")),
+        ),
         clock: Arc::clone(&clock),
     };
     let (bound, server, renewer) = start(

@@ -352,6 +352,7 @@ pub async fn run(
         ca: Arc::clone(&ca),
         artifacts: artifacts.clone(),
         scratch: data.join("server-scratch"),
+        people: Some(data.join("people.toml")),
         clock: Arc::clone(&clock),
     };
     let api_task = match crate::server_cmd::start(

@@ -596,7 +596,7 @@ fn up_admits_the_demo_application_and_resumes_the_same_state() {
         "stopped the agents and their tasks (--once)",
         "would break if enforced",
         "[config-reviewed]",
-        "Try next:",
+        "Try next",
     ] {
         assert!(first.contains(want), "missing {want:?} in:\n{first}");
     }

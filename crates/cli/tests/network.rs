@@ -588,13 +588,66 @@ fn scenario(store: Option<String>, lane: u8) {
         assert_eq!(rec["trust"], "development");
     }
 
-    // A compliant job, submitted by a person over the API, runs with its SVID.
-    let mut args = vec!["job", "submit", job_path.to_str().unwrap()];
+    // People: alice is enrolled with her key and logs in for a short-lived user certificate;
+    // bob is not enrolled; mallory's key is not alice's.
+    let key_of = |name: &str| -> (PathBuf, String) {
+        let path = s.dir.path().join(format!("{name}.key"));
+        let public = s.ok(&["attest", "keygen", "--out", path.to_str().unwrap()]);
+        (path, public)
+    };
+    let (alice_key, alice_pub) = key_of("alice");
+    let (mallory_key, _) = key_of("mallory");
+    std::fs::write(
+        s.data.join("people.toml"),
+        format!("[people.alice]\npublic_key = '''\n{alice_pub}'''\n"),
+    )
+    .unwrap();
+    let login = |name: &str, key: &Path| {
+        s.cli(&[
+            "login",
+            "--name",
+            name,
+            "--key",
+            key.to_str().unwrap(),
+            "--trust-domain",
+            TD,
+        ])
+    };
+    let (code, out, err) = login("alice", &alice_key);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("logged in as spiffe://{TD}/user/alice until")),
+        "{out}"
+    );
+    let alice = s.data.join("users").join("alice");
+    let (code, _, err) = login("bob", &alice_key);
+    assert_eq!(code, 1);
+    assert!(err.contains("refused: no person bob is enrolled"), "{err}");
+    let (code, _, err) = login("alice", &mallory_key);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("refused: the login is not signed by alice's enrolled key"),
+        "{err}"
+    );
+
+    // A compliant job, submitted by alice over the API, runs with its SVID.
+    let mut args = vec![
+        "--credentials",
+        alice.to_str().unwrap(),
+        "job",
+        "submit",
+        job_path.to_str().unwrap(),
+    ];
     for p in &att_paths {
         args.extend(["--attestation", p.to_str().unwrap()]);
     }
     let out = s.ok(&args);
     assert!(out.starts_with("PLACED payments/web-1 (compliant"), "{out}");
+    assert_eq!(
+        s.job()["job"]["by"],
+        "alice",
+        "the person in the certificate"
+    );
     let first = s.running(Duration::from_secs(40), None, &|| logs(&agents));
     let (id, expiry0) = py_spiffe(&s.socket(&first)).expect("py-spiffe reads the task's socket");
     assert_eq!(id, WEB);
@@ -701,6 +754,120 @@ fn scenario(store: Option<String>, lane: u8) {
             .into_inner();
         assert_eq!(ok.spiffe_id, format!("spiffe://{TD}/machine/dev-9"));
     });
+    // Logins forged from alice's real key, each refused with its reason.
+    let alice_signer = {
+        let pem = std::fs::read_to_string(&alice_key).unwrap();
+        ringfence_provenance::dsse::SigningKey::from_pkcs8_pem(&pem).unwrap()
+    };
+    rt.block_on(async {
+        use ringfence_controlplane::server::{LOGIN_PAYLOAD_TYPE, LoginClaims};
+        let mut people =
+            ringfence_api::pb::people_client::PeopleClient::new(channel(listen, &bundle, None));
+        let alice_id = format!("spiffe://{TD}/user/alice");
+        let now_ms = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        let signed = |claims: &LoginClaims, payload_type: &str| {
+            serde_json::to_vec(
+                &ringfence_provenance::dsse::sign(
+                    payload_type,
+                    &serde_json::to_vec(claims).unwrap(),
+                    &[&alice_signer],
+                )
+                .unwrap(),
+            )
+            .unwrap()
+        };
+        let the_csr = csr(&alice_id);
+        let good = LoginClaims {
+            name: "alice".into(),
+            trust_domain: TD.into(),
+            time_ms: now_ms,
+            csr_sha256: Sha256::of(&the_csr).hex().to_owned(),
+        };
+        // Signed for one CSR, sent with another (a replay with the attacker's own key).
+        refused(
+            people
+                .login(pb::LoginRequest {
+                    envelope: signed(&good, LOGIN_PAYLOAD_TYPE),
+                    csr_der: csr(&alice_id),
+                })
+                .await,
+            tonic::Code::PermissionDenied,
+            "the login was signed for another CSR",
+        );
+        // Ten minutes old.
+        let stale = LoginClaims {
+            time_ms: now_ms - 600_000,
+            ..good.clone()
+        };
+        refused(
+            people
+                .login(pb::LoginRequest {
+                    envelope: signed(&stale, LOGIN_PAYLOAD_TYPE),
+                    csr_der: the_csr.clone(),
+                })
+                .await,
+            tonic::Code::PermissionDenied,
+            "s away from this server's clock (at most 120 s)",
+        );
+        // For another trust domain.
+        let foreign = LoginClaims {
+            trust_domain: "evil.test".into(),
+            ..good.clone()
+        };
+        refused(
+            people
+                .login(pb::LoginRequest {
+                    envelope: signed(&foreign, LOGIN_PAYLOAD_TYPE),
+                    csr_der: the_csr.clone(),
+                })
+                .await,
+            tonic::Code::PermissionDenied,
+            "the login is for trust domain evil.test",
+        );
+        // Alice's signature over something that is not a login (an in-toto statement type).
+        refused(
+            people
+                .login(pb::LoginRequest {
+                    envelope: signed(&good, "application/vnd.in-toto+json"),
+                    csr_der: the_csr.clone(),
+                })
+                .await,
+            tonic::Code::PermissionDenied,
+            "the login is not signed by alice's enrolled key",
+        );
+        // A valid login whose CSR asks for someone else.
+        let admin_csr = csr(&format!("spiffe://{TD}/user/admin"));
+        let for_admin = LoginClaims {
+            csr_sha256: Sha256::of(&admin_csr).hex().to_owned(),
+            ..good.clone()
+        };
+        refused(
+            people
+                .login(pb::LoginRequest {
+                    envelope: signed(&for_admin, LOGIN_PAYLOAD_TYPE),
+                    csr_der: admin_csr,
+                })
+                .await,
+            tonic::Code::PermissionDenied,
+            &format!("only {alice_id} may be issued here"),
+        );
+        // And the genuine one works.
+        let ok = people
+            .login(pb::LoginRequest {
+                envelope: signed(&good, LOGIN_PAYLOAD_TYPE),
+                csr_der: the_csr,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ok.spiffe_id, alice_id);
+    });
     let creds = s.dir.path().join("agents").join(other).join("machine");
     let (code, _, err) = s.cli(&["--credentials", creds.to_str().unwrap(), "job", "list"]);
     assert_eq!(code, 1, "{err}");
@@ -805,6 +972,18 @@ fn scenario(store: Option<String>, lane: u8) {
         joins.iter().filter(|e| e["decision"] == "allow").count(),
         3,
         "dev-1, dev-2 and dev-9 joined once each: {joins:#?}"
+    );
+    let logins = s.audit("user.login");
+    assert!(
+        logins
+            .iter()
+            .any(|e| e["decision"] == "deny" && e["reason"] == "no person bob is enrolled"),
+        "{logins:#?}"
+    );
+    assert_eq!(
+        logins.iter().filter(|e| e["decision"] == "allow").count(),
+        2,
+        "{logins:#?}"
     );
     let places = s.audit("job.place");
     assert!(

@@ -23,6 +23,7 @@ use ringfence_admission::verdict::{Attestation, Request as AdmissionRequest};
 use ringfence_api::pb;
 use ringfence_api::pb::admin_server::{Admin, AdminServer};
 use ringfence_api::pb::node_server::{Node, NodeServer};
+use ringfence_api::pb::people_server::{People as PeopleApiTrait, PeopleServer};
 use ringfence_api::transport::{OptionalClientAuth, Peer, incoming};
 use ringfence_audit::{AuditSink, Decision, Event};
 use ringfence_bab::artifacts::{ArtifactError, ArtifactStore};
@@ -65,6 +66,9 @@ pub struct ServerParts {
     pub artifacts: ArtifactStore,
     /// Scratch space for image exports.
     pub scratch: PathBuf,
+    /// The organisation's people and their enrolled keys (TOML, read at every login; see
+    /// [`People`]). `None`: nobody can log in.
+    pub people: Option<PathBuf>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -538,6 +542,125 @@ impl State {
         })
     }
 
+    async fn refuse_login(&self, name: &str, why: String) -> Status {
+        let target = if name.is_empty() {
+            "user/?".to_owned()
+        } else {
+            format!("user/{name}")
+        };
+        match self.event("user.login", target, Decision::Deny, &why) {
+            Ok(e) => {
+                if let Err(s) = self.record(e).await {
+                    return s;
+                }
+                Status::permission_denied(why)
+            }
+            Err(s) => s,
+        }
+    }
+
+    async fn login(&self, req: pb::LoginRequest) -> Result<pb::SvidReply, Status> {
+        let envelope = ringfence_provenance::dsse::parse(&req.envelope)
+            .map_err(|e| Status::invalid_argument(format!("login envelope: {e}")))?;
+        // The name picks the key; nothing else in the payload is believed before the
+        // signature is checked with that key.
+        let claimed: LoginClaims = {
+            use base64::Engine as _;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(&envelope.payload)
+                .map_err(|e| Status::invalid_argument(format!("login payload: {e}")))?;
+            serde_json::from_slice(&raw)
+                .map_err(|e| Status::invalid_argument(format!("login payload: {e}")))?
+        };
+        let name = claimed.name.clone();
+        if ringfence_core::Name::parse(&name).is_err() {
+            return Err(Status::invalid_argument(format!(
+                "login: {name:?} is not a valid name"
+            )));
+        }
+        let Some(path) = &self.parts.people else {
+            return Err(self
+                .refuse_login(&name, "nobody is enrolled on this control plane".into())
+                .await);
+        };
+        let people = People::load(path).map_err(Status::failed_precondition)?;
+        let Some(key) = people.key(&name).map_err(Status::failed_precondition)? else {
+            return Err(self
+                .refuse_login(&name, format!("no person {name} is enrolled"))
+                .await);
+        };
+        let verified = match ringfence_provenance::dsse::verify(
+            &envelope,
+            LOGIN_PAYLOAD_TYPE,
+            &[ringfence_provenance::dsse::TrustedKey {
+                name: name.clone(),
+                keyid: None,
+                key,
+            }],
+            1,
+        ) {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(self
+                    .refuse_login(
+                        &name,
+                        format!("the login is not signed by {name}'s enrolled key: {e}"),
+                    )
+                    .await);
+            }
+        };
+        let claims: LoginClaims = serde_json::from_slice(verified.payload())
+            .map_err(|e| Status::invalid_argument(format!("login payload: {e}")))?;
+        if claims.trust_domain != self.td.to_string() {
+            return Err(self
+                .refuse_login(
+                    &name,
+                    format!(
+                        "the login is for trust domain {}, this is {}",
+                        claims.trust_domain, self.td
+                    ),
+                )
+                .await);
+        }
+        let now = self.parts.clock.now().as_millis();
+        if now.abs_diff(claims.time_ms) > LOGIN_SKEW.as_millis() as u64 {
+            return Err(self
+                .refuse_login(
+                    &name,
+                    format!(
+                        "the login was signed {} s away from this server's clock (at most {} s)",
+                        now.abs_diff(claims.time_ms) / 1000,
+                        LOGIN_SKEW.as_secs()
+                    ),
+                )
+                .await);
+        }
+        if claims.csr_sha256 != Sha256::of(&req.csr_der).hex() {
+            return Err(self
+                .refuse_login(&name, "the login was signed for another CSR".into())
+                .await);
+        }
+        let id = self
+            .td
+            .workload(&["user", &name])
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let machine =
+            MachineId::parse(LOGIN_MACHINE).map_err(|e| Status::internal(e.to_string()))?;
+        let svid = self
+            .issuer_for(&machine, &id)?
+            .issue(&req.csr_der, &machine)
+            .await
+            .map_err(issue_status)?;
+        let event = self.event(
+            "user.login",
+            format!("user/{name}"),
+            Decision::Allow,
+            "logged in with the enrolled key",
+        )?;
+        self.record(event).await?;
+        Ok(self.svid_reply(svid))
+    }
+
     async fn render_metrics(&self) -> String {
         let mut out = String::from(
             "# HELP ringfence_api_calls_total Control-plane API calls by method and gRPC status.\n# TYPE ringfence_api_calls_total counter\n",
@@ -600,6 +723,60 @@ impl State {
             .await
             .map_err(|e| format!("store: {e}"))?;
         Ok(())
+    }
+}
+
+/// The payload type of a login envelope (PAE binds it: a signature over anything else, such
+/// as an attestation, is not a login).
+pub const LOGIN_PAYLOAD_TYPE: &str = "application/vnd.ringfence.login.v1+json";
+/// How far a login's time may be from the server's clock.
+pub const LOGIN_SKEW: Duration = Duration::from_secs(120);
+/// The requester recorded for user certificates.
+const LOGIN_MACHINE: &str = "people";
+
+/// What a person signs to log in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoginClaims {
+    /// The person.
+    pub name: String,
+    /// The trust domain the certificate is for.
+    pub trust_domain: String,
+    /// When it was signed, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// SHA-256 (hex) of the CSR sent with it.
+    pub csr_sha256: String,
+}
+
+/// The organisation's people: `[people.<name>]` tables with `public_key` (SPKI PEM, P-256 or
+/// Ed25519). Unknown keys are refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct People {
+    people: BTreeMap<String, Person>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Person {
+    public_key: String,
+}
+
+impl People {
+    /// Reads the file at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The enrolled key of `name`, if enrolled.
+    pub fn key(&self, name: &str) -> Result<Option<ringfence_provenance::dsse::PublicKey>, String> {
+        match self.people.get(name) {
+            None => Ok(None),
+            Some(p) => ringfence_provenance::dsse::PublicKey::from_spki_pem(&p.public_key)
+                .map(Some)
+                .map_err(|e| format!("the enrolled key of {name}: {e}")),
+        }
     }
 }
 
@@ -827,6 +1004,21 @@ impl Node for NodeApi {
         }
         .await;
         self.0.metrics.observe("Node/IssueSvid", &r);
+        r.map(Response::new)
+    }
+}
+
+/// The People service.
+struct PeopleApi(Arc<State>);
+
+#[tonic::async_trait]
+impl PeopleApiTrait for PeopleApi {
+    async fn login(
+        &self,
+        req: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::SvidReply>, Status> {
+        let r = self.0.login(req.into_inner()).await;
+        self.0.metrics.observe("People/Login", &r);
         r.map(Response::new)
     }
 }
@@ -1147,6 +1339,10 @@ pub async fn serve(
             NodeServer::new(NodeApi(Arc::clone(&state)))
                 .max_decoding_message_size(ringfence_api::MAX_MESSAGE)
                 .max_encoding_message_size(ringfence_api::MAX_MESSAGE),
+        )
+        .add_service(
+            PeopleServer::new(PeopleApi(Arc::clone(&state)))
+                .max_decoding_message_size(ringfence_api::MAX_MESSAGE),
         )
         .add_service(
             AdminServer::new(AdminApi(Arc::clone(&state)))
