@@ -7,7 +7,9 @@
 #   gcc, libc6-dev     the sandbox suite builds its static workload (crates/test-util/progs/probe.c)
 #   busybox-static     the demo images of `ringfence up`, and the sandbox benchmark's rootfs
 #   bubblewrap, crun   the peers the sandbox benchmark is measured against
-#   iproute2           `ip`, which creates a sandbox's veth pair (--net veth:...)
+#   iproute2           `ip`, which creates a sandbox's veth pair (--net veth:...) and the
+#                      network suite's namespaces
+#   util-linux         `setpriv`, which runs a Workload API client under another uid in tests
 # and, from PyPI, py-spiffe (`spiffe`), the Python SPIFFE Workload API client the identity
 # tests talk to, securesystemslib, the DSSE reference implementation, and in-toto-attestation,
 # the in-toto attestation framework's bindings (Statement v1, SLSA Provenance v1).
@@ -30,6 +32,7 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v crun >/dev/null 2>&1 || need+=(crun)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 fi
 
 if [ "${#need[@]}" -gt 0 ]; then

@@ -113,8 +113,37 @@ pub async fn run(
     // Tasks that could not start, with the assignment they could not start as: retried when
     // their assignment changes.
     let mut failed: BTreeMap<String, (Assignment, String)> = BTreeMap::new();
+    // Tasks being started (image fetch, sandbox setup): off the loop, so a slow fetch never
+    // delays the heartbeat. Fetches are one at a time (replicas share an image).
+    let mut starting: BTreeMap<
+        String,
+        (Assignment, tokio::task::JoinHandle<Result<Running, String>>),
+    > = BTreeMap::new();
+    let fetching = Arc::new(tokio::sync::Mutex::new(()));
+    let shared = Arc::new(cfg.clone());
     let mut next_poll = tokio::time::Instant::now();
     loop {
+        let finished: Vec<String> = starting
+            .iter()
+            .filter(|(_, (_, h))| h.is_finished())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in finished {
+            if let Some((a, h)) = starting.remove(&id) {
+                match h.await {
+                    Ok(Ok(r)) => {
+                        tasks.insert(id, r);
+                    }
+                    Ok(Err(why)) => {
+                        tracing::warn!(task = %id, error = %why, "cannot start the task");
+                        failed.insert(id, (a, why));
+                    }
+                    Err(e) => {
+                        failed.insert(id, (a, format!("the start failed: {e}")));
+                    }
+                }
+            }
+        }
         let polling = tokio::time::Instant::now() >= next_poll;
         if polling {
             next_poll = tokio::time::Instant::now() + cfg.poll;
@@ -141,19 +170,34 @@ pub async fn run(
                     }
                 }
                 failed.retain(|id, (a, _)| wanted.get(id) == Some(a));
+                // A task still starting when its assignment changes is stopped once started
+                // (it is then among `tasks`, unwanted).
                 for (id, a) in wanted {
-                    if tasks.contains_key(&id) || failed.contains_key(&id) {
+                    if tasks.contains_key(&id)
+                        || failed.contains_key(&id)
+                        || starting.contains_key(&id)
+                    {
                         continue;
                     }
-                    match start(&api, &runner, &cfg, &machine, &clock, a.clone(), &wake).await {
-                        Ok(r) => {
-                            tasks.insert(id, r);
-                        }
-                        Err(why) => {
-                            tracing::warn!(task = %id, error = %why, "cannot start the task");
-                            failed.insert(id, (a, why));
-                        }
-                    }
+                    let (api, runner, cfg, machine, clock, wake, fetching) = (
+                        Arc::clone(&api),
+                        Arc::clone(&runner),
+                        Arc::clone(&shared),
+                        machine.clone(),
+                        Arc::clone(&clock),
+                        Arc::clone(&wake),
+                        Arc::clone(&fetching),
+                    );
+                    let assignment = a.clone();
+                    let h = tokio::spawn(async move {
+                        let r = start(
+                            &api, &runner, &cfg, &machine, &clock, assignment, &wake, &fetching,
+                        )
+                        .await;
+                        wake.notify_one();
+                        r
+                    });
+                    starting.insert(id, (a, h));
                 }
             }
             Some(Err(e)) => {
@@ -171,6 +215,13 @@ pub async fn run(
                 svid: r.svid.borrow().is_some(),
             })
             .collect();
+        reports.extend(starting.keys().map(|id| TaskReport {
+            task: id.clone(),
+            state: "starting".into(),
+            detail: "fetching its image and preparing its sandbox".into(),
+            restarts: 0,
+            svid: false,
+        }));
         reports.extend(failed.iter().map(|(id, (_, why))| TaskReport {
             task: id.clone(),
             state: "failed".into(),
@@ -191,6 +242,11 @@ pub async fn run(
         }
         if *shutdown.borrow() {
             break;
+        }
+    }
+    for (_, (_, h)) in std::mem::take(&mut starting) {
+        if let Ok(Ok(r)) = h.await {
+            stop(r).await;
         }
     }
     for (_, r) in std::mem::take(&mut tasks) {
@@ -292,6 +348,7 @@ fn entrypoint(layout: &Path) -> Result<(Vec<String>, Vec<String>), String> {
     Ok((list("Entrypoint"), list("Cmd")))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn start(
     api: &Arc<dyn ControlPlaneApi>,
     runner: &Arc<Runner>,
@@ -300,6 +357,7 @@ async fn start(
     clock: &Arc<dyn Clock>,
     a: Assignment,
     wake: &Arc<tokio::sync::Notify>,
+    fetching: &tokio::sync::Mutex<()>,
 ) -> Result<Running, String> {
     if !crate::runner::valid_id(&a.task) {
         return Err(format!(
@@ -314,12 +372,14 @@ async fn start(
     private_dir(root, 0o711)?;
     private_dir(&root.join("oci"), 0o700)?;
     let layout = root.join("oci").join(digest.hex());
+    let guard = fetching.lock().await;
     if !layout.join("index.json").exists() {
         let tmp = root.join("oci").join(format!(".{}.partial", digest.hex()));
         let _ = std::fs::remove_dir_all(&tmp);
         api.fetch_image(&digest, &tmp).await?;
         std::fs::rename(&tmp, &layout).map_err(|e| format!("{}: {e}", layout.display()))?;
     }
+    drop(guard);
     let (mut argv, cmd) = entrypoint(&layout)?;
     argv.extend(if a.args.is_empty() {
         cmd

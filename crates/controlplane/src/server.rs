@@ -1432,3 +1432,25 @@ async fn serve_http(
         tracing::warn!(error = %e, "the HTTP endpoint stopped");
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::People;
+
+    #[test]
+    fn the_people_file_refuses_unknown_fields_and_bad_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("people.toml");
+        std::fs::write(&p, "[people.alice]\npublic_key = 'x'\nrole = 'admin'\n").unwrap();
+        let e = People::load(&p).unwrap_err();
+        assert!(e.contains("unknown field `role`"), "{e}");
+        std::fs::write(&p, "[people.alice]\npublic_key = 'not a key'\n").unwrap();
+        let people = People::load(&p).unwrap();
+        let e = people.key("alice").unwrap_err();
+        assert!(e.contains("the enrolled key of alice"), "{e}");
+        assert!(people.key("bob").unwrap().is_none());
+        std::fs::write(&p, "[persons.alice]\n").unwrap();
+        assert!(People::load(&p).is_err());
+    }
+}

@@ -128,3 +128,90 @@ pub fn not_after_ms(m: &X509Material) -> Option<u64> {
         .ok()
         .map(|s| s * 1000)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use ringfence_core::{ManualClock, TrustDomain, UnixTime};
+    use std::sync::Arc;
+
+    async fn material() -> X509Material {
+        let td = TrustDomain::parse("files.test").unwrap();
+        let clock = Arc::new(ManualClock::new(UnixTime::from_secs(1_800_000_000)));
+        let ca = crate::Ca::generate(
+            td.clone(),
+            ringfence_core::Clock::now(clock.as_ref()),
+            std::time::Duration::from_secs(86_400),
+        )
+        .unwrap();
+        let id = td.workload(&["machine", "m1"]).unwrap();
+        let machine = ringfence_core::MachineId::parse("m1").unwrap();
+        struct Any(SpiffeId, ringfence_core::MachineId);
+        impl crate::IssuanceAuthority for Any {
+            fn authorize(
+                &self,
+                _: &ringfence_core::MachineId,
+                _: &SpiffeId,
+            ) -> Result<crate::IssuanceAuthorization, String> {
+                Ok(crate::IssuanceAuthorization {
+                    spiffe_id: self.0.clone(),
+                    machine: self.1.clone(),
+                    not_after: UnixTime::from_secs(u64::MAX / 2000),
+                })
+            }
+        }
+        let audit = Arc::new(ringfence_audit::MemorySink::default());
+        let service = Arc::new(
+            crate::IssuanceService::new(
+                Arc::new(crate::CaSet::new(ca)),
+                Arc::new(Any(id.clone(), machine.clone())),
+                audit,
+                clock.clone(),
+            )
+            .unwrap(),
+        );
+        crate::workload_api::obtain(&service, &machine, &id, clock.as_ref())
+            .await
+            .unwrap()
+            .0
+    }
+
+    #[tokio::test]
+    async fn an_svid_survives_the_round_trip_and_its_file_is_private() {
+        let m = material().await;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("svid");
+        save(&d, &m).unwrap();
+        assert_eq!(load(&d).unwrap(), m);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d), 0o700);
+        assert_eq!(mode(&d.join(CERT)), 0o600);
+        // Saving again replaces it whole.
+        save(&d, &m).unwrap();
+        assert_eq!(load(&d).unwrap(), m);
+    }
+
+    #[tokio::test]
+    async fn a_key_file_readable_by_others_or_with_two_keys_is_refused() {
+        let m = material().await;
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &m).unwrap();
+        let cert = dir.path().join(CERT);
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load(dir.path()).unwrap_err();
+        assert!(e.contains("readable by others (mode 644)"), "{e}");
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut text = std::fs::read_to_string(&cert).unwrap();
+        text.push_str(&pems("PRIVATE KEY", [m.key_pkcs8_der.clone()]));
+        std::fs::write(&cert, text).unwrap();
+        let e = load(dir.path()).unwrap_err();
+        assert!(
+            e.contains("expected one PKCS#8 private key, found 2"),
+            "{e}"
+        );
+        std::fs::write(&cert, "").unwrap();
+        let e = load(dir.path()).unwrap_err();
+        assert!(e.contains("found 0"), "{e}");
+    }
+}

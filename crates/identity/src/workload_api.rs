@@ -109,7 +109,8 @@ impl WorkloadApi {
     }
 
     /// The socket file is handed to this uid (and its gid of the same number) once bound, so
-    /// only that workload (and root) can connect.
+    /// only that workload (and root) can connect; each connection's peer uid (`SO_PEERCRED`)
+    /// is checked as well.
     pub fn with_socket_owner(mut self, uid: u32) -> Self {
         self.owner = Some(uid);
         self
@@ -145,6 +146,7 @@ impl WorkloadApi {
         if let Some(uid) = self.owner {
             std::os::unix::fs::lchown(path, Some(uid), Some(uid))?;
         }
+        let owner = self.owner;
         let service = SpiffeWorkloadApiServer::with_interceptor(self, check_security_header);
         // Each client connection goes through the authority bridge (see `authority_fix`) to
         // the gRPC server over an in-memory pipe.
@@ -160,6 +162,26 @@ impl WorkloadApi {
                         continue;
                     }
                 };
+                // Besides the socket's mode and owner, the connecting process itself: only
+                // the workload's uid (or root) is served.
+                if let Some(uid) = owner {
+                    match client.peer_cred() {
+                        Ok(c) if c.uid() == uid || c.uid() == 0 => {}
+                        Ok(c) => {
+                            tracing::warn!(
+                                peer_uid = c.uid(),
+                                peer_pid = c.pid(),
+                                owner = uid,
+                                "workload API: refused a connection from another uid"
+                            );
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "workload API: no peer credentials; refused");
+                            continue;
+                        }
+                    }
+                }
                 let (server_side, bridge_side) = tokio::io::duplex(64 * 1024);
                 tokio::spawn(bridge(client, bridge_side));
                 if conns.send(Ok(server_side)).await.is_err() {
