@@ -164,7 +164,10 @@ impl Remote {
             material: rx.clone(),
         };
         // The machine SVID is renewed like a task's, and every new one is kept on disk.
-        let renewer = MachineSvids(remote.clone());
+        let renewer = RemoteSvids {
+            remote: remote.clone(),
+            machine: true,
+        };
         let state_dir = cfg.state_dir.clone();
         let handle = tokio::spawn(async move {
             let mut saved = rx.clone();
@@ -259,63 +262,41 @@ async fn join(
     })
 }
 
-/// Renews the machine SVID.
-struct MachineSvids(Remote);
-
-#[async_trait]
-impl SvidSource for MachineSvids {
-    fn trust_domain(&self) -> TrustDomain {
-        self.0.td.clone()
-    }
-    async fn issue(&self, csr_der: &[u8]) -> Result<Svid, String> {
-        let reply = self
-            .0
-            .node
-            .clone()
-            .renew_machine(pb::CsrRequest {
-                csr_der: csr_der.to_vec(),
-            })
-            .await
-            .map_err(|s| rpc("renew the machine SVID", s))?
-            .into_inner();
-        self.0.bundle.update(&reply.bundle_der);
-        svid_of(reply)
-    }
-    fn bundle_der(&self, _now: UnixTime) -> Vec<u8> {
-        self.0.bundle.get()
-    }
-    fn subscribe_bundle(&self) -> watch::Receiver<u64> {
-        self.0.bundle.generation.subscribe()
-    }
+/// SVIDs through the control plane: the machine's own (renewed with `RenewMachine`) or its
+/// tasks' (`IssueSvid`, signed only for tasks placed on this machine).
+struct RemoteSvids {
+    remote: Remote,
+    machine: bool,
 }
 
-/// Task SVIDs through the control plane (which signs only for tasks placed on this machine).
-struct TaskSvids(Remote);
-
 #[async_trait]
-impl SvidSource for TaskSvids {
+impl SvidSource for RemoteSvids {
     fn trust_domain(&self) -> TrustDomain {
-        self.0.td.clone()
+        self.remote.td.clone()
     }
     async fn issue(&self, csr_der: &[u8]) -> Result<Svid, String> {
-        let reply = self
-            .0
-            .node
-            .clone()
-            .issue_svid(pb::CsrRequest {
-                csr_der: csr_der.to_vec(),
-            })
-            .await
-            .map_err(|s| rpc("issue a task SVID", s))?
-            .into_inner();
-        self.0.bundle.update(&reply.bundle_der);
+        let req = pb::CsrRequest {
+            csr_der: csr_der.to_vec(),
+        };
+        let mut node = self.remote.node.clone();
+        let reply = if self.machine {
+            node.renew_machine(req)
+                .await
+                .map_err(|s| rpc("renew the machine SVID", s))?
+        } else {
+            node.issue_svid(req)
+                .await
+                .map_err(|s| rpc("issue a task SVID", s))?
+        }
+        .into_inner();
+        self.remote.bundle.update(&reply.bundle_der);
         svid_of(reply)
     }
     fn bundle_der(&self, _now: UnixTime) -> Vec<u8> {
-        self.0.bundle.get()
+        self.remote.bundle.get()
     }
     fn subscribe_bundle(&self) -> watch::Receiver<u64> {
-        self.0.bundle.generation.subscribe()
+        self.remote.bundle.generation.subscribe()
     }
 }
 
@@ -482,7 +463,10 @@ impl ControlPlaneApi for Remote {
     }
 
     fn svids(&self, _machine: &MachineId) -> Arc<dyn SvidSource> {
-        Arc::new(TaskSvids(self.clone()))
+        Arc::new(RemoteSvids {
+            remote: self.clone(),
+            machine: false,
+        })
     }
 }
 

@@ -77,18 +77,7 @@ pub async fn run(args: AgentArgs, settings: &crate::config::Settings) -> Result<
             "the agent needs root: every task runs in the sandbox under a uid of its own"
         );
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    for kind in [
-        tokio::signal::unix::SignalKind::interrupt(),
-        tokio::signal::unix::SignalKind::terminate(),
-    ] {
-        let mut sig = tokio::signal::unix::signal(kind).context("cannot handle signals")?;
-        let stop = stop_tx.clone();
-        tokio::spawn(async move {
-            let _ = sig.recv().await;
-            let _ = stop.send(true);
-        });
-    }
+    let stop_rx = crate::stop_on_signals()?;
     let root = args
         .root
         .clone()

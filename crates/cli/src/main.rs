@@ -222,6 +222,25 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
     }
 }
 
+/// A flag that turns true on SIGINT or SIGTERM (for the long-running commands).
+pub(crate) fn stop_on_signals() -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    for kind in [
+        tokio::signal::unix::SignalKind::interrupt(),
+        tokio::signal::unix::SignalKind::terminate(),
+    ] {
+        let mut sig = tokio::signal::unix::signal(kind)
+            .map_err(|e| anyhow::anyhow!("cannot handle signals: {e}"))?;
+        let stop = tx.clone();
+        tokio::spawn(async move {
+            let _ = sig.recv().await;
+            let _ = stop.send(true);
+        });
+    }
+    // The sender lives on in the signal tasks.
+    Ok(rx)
+}
+
 fn print_version(json: bool) -> anyhow::Result<()> {
     let version = env!("CARGO_PKG_VERSION");
     let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);

@@ -50,18 +50,7 @@ pub struct ServerArgs {
 const ADMIN: &str = "admin";
 
 pub async fn run(args: ServerArgs, settings: &Settings) -> Result<u8> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    for kind in [
-        tokio::signal::unix::SignalKind::interrupt(),
-        tokio::signal::unix::SignalKind::terminate(),
-    ] {
-        let mut sig = tokio::signal::unix::signal(kind).context("cannot handle signals")?;
-        let stop = stop_tx.clone();
-        tokio::spawn(async move {
-            let _ = sig.recv().await;
-            let _ = stop.send(true);
-        });
-    }
+    let stop_rx = crate::stop_on_signals()?;
     let data = &settings.data_dir;
     std::fs::create_dir_all(data)
         .with_context(|| format!("cannot create the data directory {}", data.display()))?;
