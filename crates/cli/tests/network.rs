@@ -732,6 +732,11 @@ fn scenario(store: Option<String>, lane: u8) {
         );
     });
     let t9 = s.token("dev-9");
+    let short = s
+        .ok(&["machine", "token", "dev-8", "--ttl", "1s"])
+        .trim()
+        .to_owned();
+    std::thread::sleep(Duration::from_millis(1_200));
     rt.block_on(async {
         let mut anon = NodeClient::new(channel(listen, &bundle, None));
         refused(
@@ -742,6 +747,15 @@ fn scenario(store: Option<String>, lane: u8) {
             .await,
             tonic::Code::PermissionDenied,
             &format!("this join token is for spiffe://{TD}/machine/dev-9"),
+        );
+        refused(
+            anon.join(pb::JoinRequest {
+                token: short.clone(),
+                csr_der: csr(&format!("spiffe://{TD}/machine/dev-8")),
+            })
+            .await,
+            tonic::Code::PermissionDenied,
+            "the join token for dev-8 has expired",
         );
         // That refusal did not spend it: dev-9 itself can still join.
         let ok = anon

@@ -296,10 +296,13 @@ impl State {
             .map_err(|e| Status::internal(format!("stored join token: {e}")))?;
         let id = self.machine_id(&machine)?;
         if csr.spiffe_id() != &id {
-            return Err(Status::permission_denied(format!(
-                "this join token is for {id}, the CSR asks for {}",
-                csr.spiffe_id()
-            )));
+            // Refused (and audited) without spending the token.
+            return self
+                .refuse_join(&format!(
+                    "this join token is for {id}, the CSR asks for {}",
+                    csr.spiffe_id()
+                ))
+                .await;
         }
         // Spent now, whatever follows: a token is good for one join.
         if self
