@@ -14,8 +14,9 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use ringfence_audit::{AuditSink, Decision, Event};
 use ringfence_controlplane::{Assignment, MachineRecord, Registration, TaskReport};
-use ringfence_core::{Clock, MachineId};
+use ringfence_core::{Clock, MachineId, TrustDomain};
 use ringfence_identity::IssuanceService;
 use ringfence_identity::workload_api::{
     LocalIssuer, SvidSource, WorkloadApi, X509Material, run_rotator_from,
@@ -49,6 +50,11 @@ pub trait ControlPlaneApi: Send + Sync {
     async fn fetch_image(&self, digest: &Sha256, dir: &Path) -> Result<(), String>;
     /// Where this machine's tasks obtain their SVIDs (the CA, which asks the control plane).
     fn svids(&self, machine: &MachineId) -> Arc<dyn SvidSource>;
+    /// Where the agent records what happened to its tasks (starts, exits, stops, refused
+    /// execs): the audit log, or a local spool forwarded to it.
+    fn audit(&self) -> Arc<dyn AuditSink>;
+    /// The trust domain (the agent records as `spiffe://<td>/machine/<id>`).
+    fn trust_domain(&self) -> TrustDomain;
 }
 
 /// The agent's settings.
@@ -103,6 +109,18 @@ pub async fn run(
         }
     };
     tracing::info!(machine = %machine_id, pool = %record.pool, "registered");
+    let audit = api.audit();
+    let actor = api
+        .trust_domain()
+        .workload(&["machine", &machine_id])
+        .map_err(|e| e.to_string())?;
+    let note = |action: &str, a: &Assignment, d: Decision, why: &str| {
+        Event::new(clock.now(), actor.clone(), action, a.task.clone(), d, why)
+            .with_detail("job", &a.job)
+            .with_detail("spiffe_id", a.spiffe_id.as_str())
+            .with_detail("digest", &a.digest)
+    };
+    let mut journal: Vec<Event> = Vec::new();
     let (runner, events) = Runner::new(cfg.runner.clone());
     let runner = Arc::new(runner);
     // A state change or a new SVID is reported at once, not at the next poll: runner events
@@ -132,14 +150,23 @@ pub async fn run(
             if let Some((a, h)) = starting.remove(&id) {
                 match h.await {
                     Ok(Ok(r)) => {
+                        journal.push(note(
+                            "agent.task.start",
+                            &a,
+                            Decision::Info,
+                            "started in the sandbox",
+                        ));
                         tasks.insert(id, r);
                     }
                     Ok(Err(why)) => {
                         tracing::warn!(task = %id, error = %why, "cannot start the task");
+                        journal.push(note("agent.task.failed", &a, Decision::Error, &why));
                         failed.insert(id, (a, why));
                     }
                     Err(e) => {
-                        failed.insert(id, (a, format!("the start failed: {e}")));
+                        let why = format!("the start failed: {e}");
+                        journal.push(note("agent.task.failed", &a, Decision::Error, &why));
+                        failed.insert(id, (a, why));
                     }
                 }
             }
@@ -166,6 +193,12 @@ pub async fn run(
                 for id in gone {
                     if let Some(r) = tasks.remove(&id) {
                         tracing::info!(task = %id, "no longer assigned here: stopping");
+                        journal.push(note(
+                            "agent.task.stop",
+                            &r.assignment,
+                            Decision::Info,
+                            "no longer assigned to this machine",
+                        ));
                         stop(r).await;
                     }
                 }
@@ -204,7 +237,16 @@ pub async fn run(
                 tracing::warn!(error = %e, "cannot read assignments; keeping tasks as they are");
             }
         }
-        drain(&events, &mut tasks);
+        for (a, action, d, why) in drain(&events, &mut tasks) {
+            journal.push(note(action, &a, d, &why));
+        }
+        // Durable before the report goes (in the log, or in the spool while the control
+        // plane cannot be reached).
+        for e in std::mem::take(&mut journal) {
+            if let Err(err) = audit.record(&e).await {
+                tracing::error!(error = %err, action = %e.action, task = %e.target, "cannot record an audit event");
+            }
+        }
         let mut reports: Vec<TaskReport> = tasks
             .values()
             .map(|r| TaskReport {
@@ -274,14 +316,47 @@ fn forward(events: Receiver<TaskEvent>, wake: Arc<tokio::sync::Notify>) -> Recei
     rx
 }
 
-fn drain(events: &Receiver<TaskEvent>, tasks: &mut BTreeMap<String, Running>) {
+/// What the runner reported, applied to `tasks`; the audit-worthy part returned (exits and
+/// refused execs).
+fn drain(
+    events: &Receiver<TaskEvent>,
+    tasks: &mut BTreeMap<String, Running>,
+) -> Vec<(Assignment, &'static str, Decision, String)> {
+    let mut out = Vec::new();
     while let Ok(ev) = events.try_recv() {
         let Some(r) = tasks.get_mut(&ev.id) else {
             continue;
         };
         if let Some(d) = ev.drift {
             tracing::warn!(task = %ev.id, drift = %d, "exec refused in the sandbox");
+            out.push((
+                r.assignment.clone(),
+                "agent.drift",
+                Decision::Deny,
+                format!("exec refused (not in the verified image): {d}"),
+            ));
             continue;
+        }
+        match &ev.state {
+            TaskState::Backoff { exit, delay_ms } => out.push((
+                r.assignment.clone(),
+                "agent.task.exit",
+                Decision::Info,
+                format!("{exit}; restarting in {delay_ms} ms"),
+            )),
+            TaskState::Failed { reason } => out.push((
+                r.assignment.clone(),
+                "agent.task.exit",
+                Decision::Error,
+                reason.clone(),
+            )),
+            TaskState::Completed => out.push((
+                r.assignment.clone(),
+                "agent.task.exit",
+                Decision::Info,
+                "completed".into(),
+            )),
+            _ => {}
         }
         r.restarts = ev.restarts;
         (r.state, r.detail) = match ev.state {
@@ -296,6 +371,7 @@ fn drain(events: &Receiver<TaskEvent>, tasks: &mut BTreeMap<String, Running>) {
             TaskState::Failed { reason } => ("failed".into(), reason),
         };
     }
+    out
 }
 
 async fn stop(mut r: Running) {
@@ -472,7 +548,7 @@ async fn start(
 /// that connects from anywhere else never gets that trust.
 ///
 /// [`HostTrust::ControlPlaneHost`]: ringfence_controlplane::HostTrust::ControlPlaneHost
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Local {
     /// The control plane.
     pub cp: ringfence_controlplane::ControlPlane,
@@ -480,6 +556,14 @@ pub struct Local {
     pub artifacts: ringfence_bab::artifacts::ArtifactStore,
     /// The CA.
     pub issuance: Arc<IssuanceService>,
+    /// The audit log.
+    pub audit: Arc<dyn AuditSink>,
+}
+
+impl std::fmt::Debug for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Local").finish_non_exhaustive()
+    }
 }
 
 #[async_trait]
@@ -519,5 +603,13 @@ impl ControlPlaneApi for Local {
             Arc::clone(&self.issuance),
             machine.clone(),
         ))
+    }
+
+    fn audit(&self) -> Arc<dyn AuditSink> {
+        Arc::clone(&self.audit)
+    }
+
+    fn trust_domain(&self) -> TrustDomain {
+        self.cp.settings().trust_domain.clone()
     }
 }

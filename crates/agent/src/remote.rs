@@ -46,6 +46,9 @@ pub struct RemoteConfig {
     pub bundle: Option<PathBuf>,
     /// A one-time join token (needed when there is no valid machine SVID yet).
     pub join_token: Option<String>,
+    /// The agent's audit spool (a redb file): events wait here until the control plane
+    /// has them.
+    pub spool: PathBuf,
 }
 
 /// The latest trust bundle the control plane sent, and a counter that moves when it changes.
@@ -86,6 +89,7 @@ pub struct Remote {
     td: TrustDomain,
     bundle: Arc<Bundle>,
     material: watch::Receiver<Option<X509Material>>,
+    spool: Arc<ringfence_audit::Spool>,
 }
 
 fn rpc(what: &str, s: tonic::Status) -> String {
@@ -156,12 +160,18 @@ impl Remote {
         let (tx, rx) = watch::channel(Some(material));
         let config = client_config(rx.clone(), policy, Arc::clone(&clock))
             .map_err(|e| format!("TLS: {e}"))?;
+        let spool = Arc::new(
+            ringfence_audit::Spool::open(&cfg.spool)
+                .await
+                .map_err(|e| format!("audit spool {}: {e}", cfg.spool.display()))?,
+        );
         let remote = Self {
             node: client(cfg.server, config),
             machine,
             td,
             bundle,
             material: rx.clone(),
+            spool,
         };
         // The machine SVID is renewed like a task's, and every new one is kept on disk.
         let renewer = RemoteSvids {
@@ -169,6 +179,7 @@ impl Remote {
             machine: true,
         };
         let state_dir = cfg.state_dir.clone();
+        let forwarder = remote.clone();
         let handle = tokio::spawn(async move {
             let mut saved = rx.clone();
             let save = tokio::spawn(async move {
@@ -181,8 +192,21 @@ impl Remote {
                     }
                 }
             });
+            // The spool drains to the control plane every second it can be reached.
+            let fwd = tokio::spawn(async move {
+                let sink = RemoteAudit(forwarder.clone());
+                loop {
+                    match forwarder.spool.forward_to(&sink).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(events = n, "audit events forwarded"),
+                        Err(e) => tracing::debug!(error = %e, "audit events stay spooled"),
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
             run_rotator_from(Arc::new(renewer), own, clock, tx).await;
             save.abort();
+            fwd.abort();
         });
         Ok((remote, handle))
     }
@@ -297,6 +321,29 @@ impl SvidSource for RemoteSvids {
     }
     fn subscribe_bundle(&self) -> watch::Receiver<u64> {
         self.remote.bundle.generation.subscribe()
+    }
+}
+
+/// The control plane's audit log, through `Node.Audit` (which keeps each event once).
+#[derive(Debug)]
+struct RemoteAudit(Remote);
+
+#[async_trait]
+impl ringfence_audit::AuditSink for RemoteAudit {
+    async fn record(
+        &self,
+        event: &ringfence_audit::Event,
+    ) -> Result<(), ringfence_audit::AuditError> {
+        let bytes = event.encode()?;
+        self.0
+            .node
+            .clone()
+            .audit(pb::AuditRequest {
+                events: vec![bytes],
+            })
+            .await
+            .map_err(|s| ringfence_audit::AuditError::Append(rpc("audit", s)))?;
+        Ok(())
     }
 }
 
@@ -460,6 +507,14 @@ impl ControlPlaneApi for Remote {
             .map_err(|s| rpc("fetch image", s))?
             .into_inner();
         write_image(stream, dir).await
+    }
+
+    fn audit(&self) -> Arc<dyn ringfence_audit::AuditSink> {
+        self.spool.clone()
+    }
+
+    fn trust_domain(&self) -> TrustDomain {
+        self.td.clone()
     }
 
     fn svids(&self, _machine: &MachineId) -> Arc<dyn SvidSource> {

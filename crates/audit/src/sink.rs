@@ -20,12 +20,22 @@ use crate::log::{AuditError, AuditLog};
 pub trait AuditSink: Send + Sync + std::fmt::Debug {
     /// Records `event`; returns once it is durable (in the log, or in the spool).
     async fn record(&self, event: &Event) -> Result<(), AuditError>;
+
+    /// Records an event forwarded from a spool: one the sink already holds (by id) is not
+    /// recorded again. Sinks that cannot tell record it (the default).
+    async fn record_once(&self, event: &Event) -> Result<(), AuditError> {
+        self.record(event).await
+    }
 }
 
 #[async_trait]
 impl AuditSink for AuditLog {
     async fn record(&self, event: &Event) -> Result<(), AuditError> {
         self.append(event).await.map(|_| ())
+    }
+
+    async fn record_once(&self, event: &Event) -> Result<(), AuditError> {
+        self.append_once(event).await.map(|_| ())
     }
 }
 
@@ -88,6 +98,12 @@ impl Spool {
     /// it. An event forwarded before (whose removal was lost to a crash) is recognized by its
     /// id and not appended twice. Returns how many events were forwarded.
     pub async fn forward(&self, log: &AuditLog) -> Result<usize, AuditError> {
+        self.forward_to(log).await
+    }
+
+    /// [`Spool::forward`] to any sink (through [`AuditSink::record_once`]): a remote log
+    /// behind an API, say.
+    pub async fn forward_to(&self, sink: &dyn AuditSink) -> Result<usize, AuditError> {
         let mut forwarded = 0;
         loop {
             let page = self
@@ -99,7 +115,7 @@ impl Spool {
             }
             for item in page.items {
                 let event = Event::decode(&item.value)?;
-                log.append_once(&event).await?;
+                sink.record_once(&event).await?;
                 self.store
                     .delete(&item.key, Expect::Revision(item.mod_revision))
                     .await?;

@@ -190,6 +190,7 @@ pub async fn run(jobs: usize, poll: Duration, dir: &Path) -> Result<()> {
         cp: cp.clone(),
         artifacts: artifacts.clone(),
         issuance,
+        audit: log.clone(),
     });
     let init = crate::sandbox::sibling("ringfence-sandbox-init")?;
     let (stop, _) = tokio::sync::watch::channel(false);

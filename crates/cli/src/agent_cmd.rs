@@ -93,6 +93,7 @@ pub async fn run(args: AgentArgs, settings: &crate::config::Settings) -> Result<
             state_dir: root.join("machine"),
             bundle: args.bundle.clone(),
             join_token: args.join_token.clone(),
+            spool: root.join("audit-spool.redb"),
         },
         Arc::clone(&clock),
     );

@@ -386,6 +386,7 @@ pub async fn run(
         cp: cp.clone(),
         artifacts: artifacts.clone(),
         issuance,
+        audit: Arc::clone(&audit),
     });
     let mut agents = Vec::new();
     let can_run = can_run_tasks();

@@ -326,6 +326,17 @@ impl Scenario {
             .join("workload.sock")
     }
 
+    fn socket_of(&self, machine: &str, task: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("agents")
+            .join(machine)
+            .join("run")
+            .join("sockets")
+            .join(task)
+            .join("workload.sock")
+    }
+
     fn audit(&self, action: &str) -> Vec<Value> {
         let mut cmd = Command::new(bin());
         cmd.arg("--data-dir").arg(&self.data);
@@ -386,6 +397,57 @@ fn now_s() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
+}
+
+/// The uid a task's Workload API socket belongs to: the task's own.
+fn socket_uid(socket: &Path) -> u32 {
+    std::fs::metadata(socket).unwrap().uid()
+}
+
+/// The processes of `uid`.
+fn pids_of_uid(uid: u32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            (std::fs::metadata(e.path()).ok()?.uid() == uid).then_some(pid)
+        })
+        .collect()
+}
+
+/// Submits another job of `payments/web` as the person in `creds`, with a review that covers
+/// its configuration.
+fn submit_more(s: &mut Scenario, creds: &Path, name: &str, args: &str) {
+    let manifest = format!(
+        "apiVersion: ringfence.dev/v1\nkind: Job\nmetadata: {{name: {name}, namespace: payments}}\nspec:\n  service: web\n  environment: production\n  image: registry.acme.test/payments/web@{}\n  args: {args}\n  ring: hardened\n",
+        s.f.image
+    );
+    s.f.config = Sha256::of(manifest.as_bytes());
+    let path = s.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&path, &manifest).unwrap();
+    let mut files = Vec::new();
+    for a in s.f.attestations() {
+        let p = s.dir.path().join(format!("{name}-{}", a.source));
+        std::fs::write(&p, serde_json::to_vec(&a.envelope).unwrap()).unwrap();
+        files.push(p);
+    }
+    let mut cli = vec![
+        "--credentials".to_owned(),
+        creds.display().to_string(),
+        "job".into(),
+        "submit".into(),
+        path.display().to_string(),
+    ];
+    for p in &files {
+        cli.extend(["--attestation".to_owned(), p.display().to_string()]);
+    }
+    let cli: Vec<&str> = cli.iter().map(String::as_str).collect();
+    let out = s.ok(&cli);
+    assert!(
+        out.starts_with(&format!("PLACED payments/{name} (compliant")),
+        "{out}"
+    );
 }
 
 /// The processes whose uid is in `[base, base + 16)`: an agent's tasks.
@@ -901,12 +963,37 @@ fn scenario(store: Option<String>, lane: u8) {
         "{metrics}"
     );
 
+    // Two more jobs of the service, by alice: web-2 runs on; drift-1 execs a file it wrote,
+    // which the sandbox refuses (the agent audits it).
+    submit_more(
+        &mut s,
+        &alice,
+        "web-2",
+        "[unix-connect, /run/spiffe/workload.sock]",
+    );
+    submit_more(&mut s, &alice, "drift-1", "[exec-written]");
+    let web2 = wait_for(Duration::from_secs(40), "web-2 to run", || {
+        let out = s.ok(&["job", "status", "payments/web-2", "--output", "json"]);
+        let j: Value = serde_json::from_str(&out).unwrap();
+        let st = &j["tasks"][0]["status"];
+        (st["report"]["state"] == "running" && st["report"]["svid"] == true)
+            .then(|| st["machine"].as_str().unwrap().to_owned())
+    });
+    let web2_uid = socket_uid(&s.socket_of(&web2, "payments.web.web-2.0"));
+
     // kill -9 of the control plane: the task keeps running; after the restart nothing is
     // lost, the agents reconnect, and the task's SVID is renewed through the new process.
-    let task_pids_before = task_pids(if first == "dev-1" { base1 } else { base2 });
+    let web1_uid = socket_uid(&s.socket(&first));
+    let task_pids_before = pids_of_uid(web1_uid);
     assert!(!task_pids_before.is_empty());
+    let killed_at = now_s();
     server.kill9();
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(500));
+    // While it is down, web-2's process dies; its agent records that in its spool.
+    let web2_pids = pids_of_uid(web2_uid);
+    assert!(!web2_pids.is_empty());
+    kill_pids(&web2_pids);
+    std::thread::sleep(Duration::from_millis(1_000));
     assert!(
         task_pids_before
             .iter()
@@ -958,8 +1045,10 @@ fn scenario(store: Option<String>, lane: u8) {
     // On a real host the orphans would die with it; here they share the kernel.
     kill_pids(&orphans);
 
-    // Stop: the task ends.
-    s.ok(&["job", "stop", "payments/web-1"]);
+    // Stop: the tasks end.
+    for j in ["payments/web-1", "payments/web-2", "payments/drift-1"] {
+        s.ok(&["job", "stop", j]);
+    }
     let live_base = agents[0].2;
     wait_for(Duration::from_secs(20), "the task to end", || {
         task_pids(live_base).is_empty().then_some(())
@@ -987,6 +1076,26 @@ fn scenario(store: Option<String>, lane: u8) {
         3,
         "dev-1, dev-2 and dev-9 joined once each: {joins:#?}"
     );
+    // What the agents recorded reached the log, as their machines: web-2's death while the
+    // control plane was down (spooled, forwarded after the restart) and drift-1's refused
+    // exec.
+    let exits = s.audit("agent.task.exit");
+    assert!(
+        exits.iter().any(|e| e["target"] == "payments.web.web-2.0"
+            && e["actor"] == format!("spiffe://{TD}/machine/{web2}")
+            && (e["time_ms"].as_f64().unwrap_or_default() / 1000.0) > killed_at
+            && (e["time_ms"].as_f64().unwrap_or_default() / 1000.0) < restarted_at),
+        "{exits:#?}"
+    );
+    let drift = s.audit("agent.drift");
+    assert!(
+        drift.iter().any(|e| e["target"] == "payments.web.drift-1.0"
+            && e["decision"] == "deny"
+            && e["reason"].as_str().unwrap_or_default().contains("dropped")),
+        "{drift:#?}"
+    );
+    let starts = s.audit("agent.task.start");
+    assert!(starts.len() >= 4, "{starts:#?}");
     let logins = s.audit("user.login");
     assert!(
         logins

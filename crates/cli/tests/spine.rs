@@ -92,7 +92,13 @@ async fn env() -> Env {
     .unwrap();
     let ca = Ca::generate(td, clock.now(), Duration::from_secs(86_400 * 30)).unwrap();
     let issuance = Arc::new(
-        IssuanceService::new(Arc::new(CaSet::new(ca)), cp.authority(), log, clock.clone()).unwrap(),
+        IssuanceService::new(
+            Arc::new(CaSet::new(ca)),
+            cp.authority(),
+            log.clone(),
+            clock.clone(),
+        )
+        .unwrap(),
     );
 
     // The image: the suite's static probe as its entrypoint.
@@ -116,6 +122,7 @@ async fn env() -> Env {
         cp: cp.clone(),
         artifacts,
         issuance,
+        audit: log,
     });
     let (stop, _) = tokio::sync::watch::channel(false);
     Env {

@@ -991,6 +991,18 @@ impl Node for NodeApi {
         })
     }
 
+    async fn audit(
+        &self,
+        req: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditReply>, Status> {
+        let r = match self.0.machine_of(&req) {
+            Ok(m) => self.0.agent_audit(m, req.into_inner().events).await,
+            Err(e) => Err(e),
+        };
+        self.0.metrics.observe("Node/Audit", &r);
+        r.map(|()| Response::new(pb::AuditReply {}))
+    }
+
     async fn issue_svid(
         &self,
         req: Request<pb::CsrRequest>,
@@ -1028,6 +1040,48 @@ impl PeopleApiTrait for PeopleApi {
 
 /// The Admin service.
 struct AdminApi(Arc<State>);
+
+/// The most events one `Audit` call may carry.
+pub const MAX_AUDIT_EVENTS: usize = 256;
+
+impl State {
+    async fn agent_audit(&self, machine: MachineId, events: Vec<Vec<u8>>) -> Result<(), Status> {
+        if events.len() > MAX_AUDIT_EVENTS {
+            return Err(Status::invalid_argument(format!(
+                "{} events in one call; at most {MAX_AUDIT_EVENTS}",
+                events.len()
+            )));
+        }
+        let actor = self.machine_id(&machine)?;
+        // All checked before any is recorded.
+        let mut checked = Vec::with_capacity(events.len());
+        for (i, bytes) in events.iter().enumerate() {
+            let e = Event::decode(bytes)
+                .map_err(|e| Status::invalid_argument(format!("event {}: {e}", i + 1)))?;
+            if e.actor != actor {
+                return Err(Status::permission_denied(format!(
+                    "event {}: its actor is {}, but the caller is {actor}",
+                    i + 1,
+                    e.actor
+                )));
+            }
+            if !e.action.starts_with("agent.") {
+                return Err(Status::permission_denied(format!(
+                    "event {}: an agent records only agent.* actions, not {:?}",
+                    i + 1,
+                    e.action
+                )));
+            }
+            checked.push(e);
+        }
+        for e in &checked {
+            self.parts.audit.record_once(e).await.map_err(|e| {
+                Status::unavailable(format!("the audit log could not record it: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+}
 
 #[tonic::async_trait]
 impl Admin for AdminApi {
