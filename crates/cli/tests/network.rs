@@ -752,6 +752,46 @@ fn scenario(store: Option<String>, lane: u8) {
             tonic::Code::PermissionDenied,
             &format!("only spiffe://{TD}/machine/{other} may be issued here"),
         );
+        // Its audit events speak for itself alone, and only of agent matters.
+        let forged = |actor: &str, action: &str| {
+            ringfence_audit::Event::new(
+                ringfence_core::UnixTime::from_millis(1_800_000_000_000),
+                ringfence_core::SpiffeId::parse(actor).unwrap(),
+                action,
+                "payments.web.web-1.0",
+                ringfence_audit::Decision::Allow,
+                "forged",
+            )
+            .encode()
+            .unwrap()
+        };
+        refused(
+            other_node
+                .audit(pb::AuditRequest {
+                    events: vec![forged(&format!("spiffe://{TD}/machine/{first}"), "agent.task.start")],
+                })
+                .await,
+            tonic::Code::PermissionDenied,
+            &format!("its actor is spiffe://{TD}/machine/{first}, but the caller is spiffe://{TD}/machine/{other}"),
+        );
+        refused(
+            other_node
+                .audit(pb::AuditRequest {
+                    events: vec![forged(&format!("spiffe://{TD}/machine/{other}"), "bab.admit")],
+                })
+                .await,
+            tonic::Code::PermissionDenied,
+            "an agent records only agent.* actions, not \"bab.admit\"",
+        );
+        refused(
+            other_node
+                .audit(pb::AuditRequest {
+                    events: vec![b"{not json".to_vec()],
+                })
+                .await,
+            tonic::Code::InvalidArgument,
+            "event 1:",
+        );
         // A machine is not a person.
         let mut as_admin = AdminClient::new(channel(listen, &bundle, Some(other_svid.clone())));
         refused(
@@ -1093,6 +1133,10 @@ fn scenario(store: Option<String>, lane: u8) {
             && e["decision"] == "deny"
             && e["reason"].as_str().unwrap_or_default().contains("dropped")),
         "{drift:#?}"
+    );
+    assert!(
+        s.audit("bab.admit").iter().all(|e| e["reason"] != "forged"),
+        "a forged event reached the log"
     );
     let starts = s.audit("agent.task.start");
     assert!(starts.len() >= 4, "{starts:#?}");
