@@ -368,7 +368,16 @@ impl Gate {
         ])?;
         let bytes =
             serde_json::to_vec(&deployment).map_err(|e| GateError::Invalid(e.to_string()))?;
-        self.store.put(&key, bytes, Expect::Any).await?;
+        // The deployment it replaces takes its continuous-verification status along: a
+        // status left behind would keep withholding the job's SVIDs after a compliant redeploy.
+        let mut txn = Txn::new().put(key.clone(), bytes);
+        if let Some(old) = self.store.get(&key).await?
+            && let Ok(old) = serde_json::from_slice::<Deployment>(&old.value)
+            && old.id != deployment.id
+        {
+            txn = txn.delete(Key::from_segments(["bab", "status", &old.id])?);
+        }
+        self.store.txn(txn).await?;
         if verdict.basis == Basis::BreakGlass {
             let body = serde_json::json!({
                 "event": "break-glass deploy",
@@ -441,9 +450,14 @@ impl Gate {
             .with_detail("by", by),
         )
         .await?;
-        self.store
-            .delete(&key, Expect::Revision(v.mod_revision))
-            .await?;
+        // Its continuous-verification status goes with it (see `admit`).
+        let mut txn = Txn::new()
+            .compare(Compare::new(key.clone(), Expect::Revision(v.mod_revision)))
+            .delete(key.clone());
+        if let Ok(d) = serde_json::from_slice::<Deployment>(&v.value) {
+            txn = txn.delete(Key::from_segments(["bab", "status", &d.id])?);
+        }
+        self.store.txn(txn).await?;
         Ok(true)
     }
 

@@ -336,6 +336,37 @@ async fn tightening_a_policy_withholds_the_running_jobs_svid() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withheld_job_stopped_and_redeployed_compliant_gets_its_svid_again() {
+    let mut e = env().await;
+    e.fleet().await;
+    e.policy("enforce", "").await;
+    let m = e.manifest("web-1", "hardened", 1);
+    let atts = e.attestations(&m);
+    e.cp.submit(&m, &atts, &Request::Normal, "alice")
+        .await
+        .unwrap();
+    let tightened =
+        e.f.policy_yaml("enforce", "")
+            .replace("minReviewers: 1", "minReviewers: 2");
+    e.cp.gate().apply_policy(&tightened, "alice").await.unwrap();
+    e.cp.stop("payments", "web-1", "alice").await.unwrap();
+    // The policy is relaxed again and the same job deployed anew: nothing of the stopped
+    // deployment's verdict may keep withholding the new one.
+    e.cp.gate()
+        .apply_policy(&e.f.policy_yaml("enforce", ""), "alice")
+        .await
+        .unwrap();
+    let job =
+        e.cp.submit(&m, &atts, &Request::Normal, "alice")
+            .await
+            .unwrap();
+    e.cp.refresh().await.unwrap();
+    let machine = job.tasks[0].machine.clone().unwrap();
+    assert_eq!(e.issue(&machine, WEB).await.unwrap().as_str(), WEB);
+    assert!(e.cp.gate().revoked().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machines_in_development_mode_serve_only_development_work() {
     let mut e = env().await;
     // Assigned to production by an operator, but without host attestation.
