@@ -130,6 +130,10 @@ enum Command {
     /// verification, the conformance report
     #[command(subcommand)]
     Bab(bab_cmd::BabCommand),
+    /// Service policies (kind: ServicePolicy): apply, list, delete (the same as `bab policy`;
+    /// `apply` goes through `--server` when given)
+    #[command(subcommand)]
+    Policy(bab_cmd::PolicyCommand),
     /// Attestations: signing keys, signing statements, verifying an image against a policy
     #[command(subcommand)]
     Attest(attest_cmd::AttestCommand),
@@ -211,6 +215,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
         Command::Audit(cmd) => audit_cmd::run(cmd, &settings).await,
         Command::Identity(cmd) => identity_cmd::run(cmd, &settings).await,
         Command::Bab(cmd) => bab_cmd::run(cmd, &settings).await,
+        Command::Policy(cmd) => bab_cmd::run(bab_cmd::BabCommand::Policy(cmd), &settings).await,
         Command::Attest(cmd) => attest_cmd::run(cmd, &settings).await,
         Command::Artifact(cmd) => artifact_cmd::run(cmd, &settings).await,
         Command::Job(cmd) => job_cmd::run(cmd, &settings).await,

@@ -500,6 +500,39 @@ fn channel(
     ringfence_api::transport::channel(listen, Arc::new(config))
 }
 
+/// The first answer of a discovery watch of payments/web: (task, machine, address, port).
+async fn first_endpoints(
+    listen: SocketAddr,
+    bundle: &Path,
+    svid: Option<X509Material>,
+) -> Vec<(String, String, String, u32)> {
+    let mut d =
+        ringfence_api::pb::discovery_client::DiscoveryClient::new(channel(listen, bundle, svid));
+    let mut stream = d
+        .watch_endpoints(pb::EndpointsRequest {
+            namespace: "payments".into(),
+            service: "web".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = stream.message().await.unwrap().unwrap();
+    reply
+        .endpoints
+        .into_iter()
+        .filter(|e| e.task == TASK)
+        .map(|e| (e.task, e.machine, e.address, e.port))
+        .collect()
+}
+
+fn ns_ip_of(machine: &str, ns1: &Netns, ns2: &Netns) -> String {
+    if machine == "dev-1" {
+        ns1.ns_ip.clone()
+    } else {
+        ns2.ns_ip.clone()
+    }
+}
+
 fn csr(id: &str) -> Vec<u8> {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -573,7 +606,7 @@ fn scenario(store: Option<String>, lane: u8) {
     )
     .unwrap();
     let manifest = format!(
-        "apiVersion: ringfence.dev/v1\nkind: Job\nmetadata: {{name: web-1, namespace: payments}}\nspec:\n  service: web\n  environment: production\n  image: registry.acme.test/payments/web@{}\n  args: [unix-connect, /run/spiffe/workload.sock]\n  ring: hardened\n",
+        "apiVersion: ringfence.dev/v1\nkind: Job\nmetadata: {{name: web-1, namespace: payments}}\nspec:\n  service: web\n  environment: production\n  image: registry.acme.test/payments/web@{}\n  args: [unix-connect, /run/spiffe/workload.sock]\n  ring: hardened\n  ports: [{{name: http, port: 8080}}]\n",
         s.f.image
     );
     s.f.config = Sha256::of(manifest.as_bytes());
@@ -791,6 +824,31 @@ fn scenario(store: Option<String>, lane: u8) {
                 .await,
             tonic::Code::InvalidArgument,
             "event 1:",
+        );
+        // Discovery: any SVID of the trust domain watches a service's endpoints; nothing
+        // without one.
+        let ep = first_endpoints(listen, &bundle, Some(other_svid.clone())).await;
+        assert_eq!(
+            ep,
+            vec![(
+                TASK.to_owned(),
+                first.clone(),
+                ns_ip_of(&first, &ns1, &ns2),
+                8080
+            )]
+        );
+        let mut anon_discovery =
+            ringfence_api::pb::discovery_client::DiscoveryClient::new(channel(listen, &bundle, None));
+        refused(
+            anon_discovery
+                .watch_endpoints(pb::EndpointsRequest {
+                    namespace: "payments".into(),
+                    service: "web".into(),
+                })
+                .await
+                .map(|_| ()),
+            tonic::Code::Unauthenticated,
+            "discovery needs an SVID",
         );
         // A machine is not a person.
         let mut as_admin = AdminClient::new(channel(listen, &bundle, Some(other_svid.clone())));
@@ -1082,6 +1140,18 @@ fn scenario(store: Option<String>, lane: u8) {
     assert_eq!(moved, other);
     let (id, _) = py_spiffe(&s.socket(&moved)).unwrap();
     assert_eq!(id, WEB);
+    // Discovery follows the move.
+    let live_svid = files::load(&s.dir.path().join("agents").join(&moved).join("machine")).unwrap();
+    let ep = rt.block_on(first_endpoints(listen, &bundle, Some(live_svid)));
+    assert_eq!(
+        ep,
+        vec![(
+            TASK.to_owned(),
+            moved.clone(),
+            ns_ip_of(&moved, &ns1, &ns2),
+            8080
+        )]
+    );
     // On a real host the orphans would die with it; here they share the kernel.
     kill_pids(&orphans);
 

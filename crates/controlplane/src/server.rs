@@ -22,6 +22,7 @@ use futures::Stream;
 use ringfence_admission::verdict::{Attestation, Request as AdmissionRequest};
 use ringfence_api::pb;
 use ringfence_api::pb::admin_server::{Admin, AdminServer};
+use ringfence_api::pb::discovery_server::{Discovery, DiscoveryServer};
 use ringfence_api::pb::node_server::{Node, NodeServer};
 use ringfence_api::pb::people_server::{People as PeopleApiTrait, PeopleServer};
 use ringfence_api::transport::{OptionalClientAuth, Peer, incoming};
@@ -1023,6 +1024,82 @@ impl Node for NodeApi {
     }
 }
 
+/// How often a discovery watch looks for changes.
+const DISCOVERY_POLL: Duration = Duration::from_secs(1);
+
+/// The Discovery service.
+struct DiscoveryApi(Arc<State>);
+
+type EndpointStream = Pin<Box<dyn Stream<Item = Result<pb::EndpointsReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Discovery for DiscoveryApi {
+    type WatchEndpointsStream = EndpointStream;
+
+    async fn watch_endpoints(
+        &self,
+        req: Request<pb::EndpointsRequest>,
+    ) -> Result<Response<EndpointStream>, Status> {
+        let r = (|| {
+            let peer =
+                Peer::of(&req).ok_or_else(|| Status::unauthenticated("discovery needs an SVID"))?;
+            if !peer.is_member_of(&self.0.td) {
+                return Err(Status::permission_denied(format!(
+                    "{peer} is not of {}",
+                    self.0.td
+                )));
+            }
+            let body = req.get_ref();
+            for (what, v) in [("namespace", &body.namespace), ("service", &body.service)] {
+                ringfence_core::Name::parse(v)
+                    .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))?;
+            }
+            Ok((body.namespace.clone(), body.service.clone()))
+        })();
+        self.0.metrics.observe("Discovery/WatchEndpoints", &r);
+        let (namespace, service) = r?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let state = Arc::clone(&self.0);
+        tokio::spawn(async move {
+            let mut last: Option<Vec<crate::Endpoint>> = None;
+            loop {
+                match state.parts.cp.endpoints(&namespace, &service).await {
+                    Ok(now) if last.as_ref() != Some(&now) => {
+                        let reply = pb::EndpointsReply {
+                            endpoints: now
+                                .iter()
+                                .map(|e| pb::Endpoint {
+                                    task: e.task.clone(),
+                                    machine: e.machine.clone(),
+                                    address: e.address.clone(),
+                                    port_name: e.port_name.clone(),
+                                    port: u32::from(e.port),
+                                })
+                                .collect(),
+                        };
+                        if tx.send(Ok(reply)).await.is_err() {
+                            return;
+                        }
+                        last = Some(now);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(DISCOVERY_POLL) => {}
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as EndpointStream,
+        ))
+    }
+}
+
 /// The People service.
 struct PeopleApi(Arc<State>);
 
@@ -1397,6 +1474,7 @@ pub async fn serve(
                 .max_decoding_message_size(ringfence_api::MAX_MESSAGE)
                 .max_encoding_message_size(ringfence_api::MAX_MESSAGE),
         )
+        .add_service(DiscoveryServer::new(DiscoveryApi(Arc::clone(&state))))
         .add_service(
             PeopleServer::new(PeopleApi(Arc::clone(&state)))
                 .max_decoding_message_size(ringfence_api::MAX_MESSAGE),
