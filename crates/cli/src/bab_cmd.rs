@@ -166,6 +166,22 @@ fn read_job(path: &PathBuf) -> Result<(JobManifest, ringfence_admission::verdict
 }
 
 pub async fn run(cmd: BabCommand, settings: &Settings) -> Result<u8> {
+    if let BabCommand::Policy(PolicyCommand::List { output }) = &cmd
+        && let Some(mut api) = crate::client::admin(settings)?
+    {
+        let reply = api
+            .list_policies(ringfence_api::pb::ListRequest {})
+            .await
+            .map_err(|s| crate::client::call_error("list policies", s))?
+            .into_inner();
+        // Each is the policy's document as JSON, which is YAML too.
+        let policies = reply
+            .json
+            .iter()
+            .map(|j| ringfence_admission::policy::Policy::from_yaml(j))
+            .collect::<Result<Vec<_>, _>>()?;
+        return print_policies(&policies, *output);
+    }
     if let BabCommand::Policy(PolicyCommand::Apply { file, by }) = &cmd
         && let Some(mut api) = crate::client::admin(settings)?
     {
@@ -242,39 +258,7 @@ pub async fn run(cmd: BabCommand, settings: &Settings) -> Result<u8> {
         }
         BabCommand::Policy(PolicyCommand::List { output }) => {
             let set = gate.policies().await?;
-            match output {
-                Output::Json => {
-                    let docs: Vec<_> = set.policies().iter().map(|p| &p.doc).collect();
-                    println!("{}", serde_json::to_string_pretty(&docs)?);
-                }
-                Output::Text => {
-                    println!(
-                        "{:<24}  {:<28}  {:<20}  MODE",
-                        "NAME", "SERVICE", "ENVIRONMENTS"
-                    );
-                    for p in set.policies() {
-                        let s = p.spec();
-                        let mode = if s.allow_all.is_some() {
-                            "allow-all".to_owned()
-                        } else if s.opt_out.is_some() {
-                            "opt-out".to_owned()
-                        } else {
-                            format!("{:?}", s.mode).to_lowercase()
-                        };
-                        println!(
-                            "{:<24}  {:<28}  {:<20}  {mode}",
-                            p.name(),
-                            format!("{}/{}", s.namespace, s.service),
-                            if s.environments.is_empty() {
-                                "*".into()
-                            } else {
-                                s.environments.join(",")
-                            },
-                        );
-                    }
-                }
-            }
-            Ok(exit::SUCCESS)
+            print_policies(set.policies(), output)
         }
         BabCommand::Policy(PolicyCommand::Delete { name, by }) => {
             if gate.delete_policy(&name, &who(by)).await? {
@@ -433,4 +417,40 @@ pub async fn run(cmd: BabCommand, settings: &Settings) -> Result<u8> {
             Ok(exit::SUCCESS)
         }
     }
+}
+
+fn print_policies(policies: &[ringfence_admission::policy::Policy], output: Output) -> Result<u8> {
+    match output {
+        Output::Json => {
+            let docs: Vec<_> = policies.iter().map(|p| &p.doc).collect();
+            println!("{}", serde_json::to_string_pretty(&docs)?);
+        }
+        Output::Text => {
+            println!(
+                "{:<24}  {:<28}  {:<20}  MODE",
+                "NAME", "SERVICE", "ENVIRONMENTS"
+            );
+            for p in policies {
+                let s = p.spec();
+                let mode = if s.allow_all.is_some() {
+                    "allow-all".to_owned()
+                } else if s.opt_out.is_some() {
+                    "opt-out".to_owned()
+                } else {
+                    format!("{:?}", s.mode).to_lowercase()
+                };
+                println!(
+                    "{:<24}  {:<28}  {:<20}  {mode}",
+                    p.name(),
+                    format!("{}/{}", s.namespace, s.service),
+                    if s.environments.is_empty() {
+                        "*".into()
+                    } else {
+                        s.environments.join(",")
+                    },
+                );
+            }
+        }
+    }
+    Ok(exit::SUCCESS)
 }

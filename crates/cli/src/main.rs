@@ -131,7 +131,7 @@ enum Command {
     #[command(subcommand)]
     Bab(bab_cmd::BabCommand),
     /// Service policies (kind: ServicePolicy): apply, list, delete (the same as `bab policy`;
-    /// `apply` goes through `--server` when given)
+    /// `apply` and `list` go through `--server` when given)
     #[command(subcommand)]
     Policy(bab_cmd::PolicyCommand),
     /// Attestations: signing keys, signing statements, verifying an image against a policy

@@ -634,7 +634,14 @@ fn scenario(store: Option<String>, lane: u8) {
             .to_owned()
     };
     assert!(http_get(&http, "/healthz").contains("200 OK"));
-    s.ok(&["bab", "policy", "apply", policy.to_str().unwrap()]);
+    s.ok(&["policy", "apply", policy.to_str().unwrap()]);
+    let listed = s.ok(&["policy", "list"]);
+    assert!(
+        listed.contains("web-production")
+            && listed.contains("payments/web")
+            && listed.contains("enforce"),
+        "{listed}"
+    );
 
     s.ok(&[
         "artifact",

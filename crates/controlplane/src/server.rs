@@ -1266,6 +1266,30 @@ impl Admin for AdminApi {
         r.map(|json| Response::new(pb::RecordReply { json }))
     }
 
+    async fn list_policies(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::RecordsReply>, Status> {
+        let r = async {
+            self.0.user_of(&req)?;
+            let set = self
+                .0
+                .parts
+                .cp
+                .gate()
+                .policies()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            set.policies()
+                .iter()
+                .map(|p| to_json(&p.doc))
+                .collect::<Result<Vec<_>, _>>()
+        }
+        .await;
+        self.0.metrics.observe("Admin/ListPolicies", &r);
+        r.map(|json| Response::new(pb::RecordsReply { json }))
+    }
+
     async fn apply_policy(
         &self,
         req: Request<pb::ApplyPolicyRequest>,
