@@ -189,7 +189,6 @@ pub fn channel(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Channel {
     let connector = tokio_rustls::TlsConnector::from(config);
     // The URI only satisfies the HTTP layer: the connector below decides where to connect,
     // and the server is checked by its SPIFFE ID, not by a name.
-    #[allow(clippy::expect_used)]
     let endpoint = Endpoint::from_static("http://controlplane.ringfence")
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
