@@ -88,8 +88,9 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the whole chain on this machine with embedded defaults: the CA, the control plane
-    /// and four local agents; the demo jobs admitted, placed and run in the sandbox with their
-    /// SVIDs; then continuous verification until Ctrl-C (again: resumes the same state; root)
+    /// (and its API on 127.0.0.1:7443) and four local agents; the demo jobs admitted, placed
+    /// and run in the sandbox with their SVIDs; then continuous verification until Ctrl-C
+    /// (again: resumes the same state; root)
     Up {
         /// Stop once every demo task runs with its SVID (or after 60 s) instead of running on
         #[arg(long)]
