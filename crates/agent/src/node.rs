@@ -121,6 +121,9 @@ pub async fn run(
             .with_detail("digest", &a.digest)
     };
     let mut journal: Vec<Event> = Vec::new();
+    // Runner events for tasks whose start has not been collected yet (the runner reports
+    // while `start` is still returning): kept until the task is among `tasks`.
+    let mut early: Vec<TaskEvent> = Vec::new();
     let (runner, events) = Runner::new(cfg.runner.clone());
     let runner = Arc::new(runner);
     // A state change or a new SVID is reported at once, not at the next poll: runner events
@@ -237,7 +240,7 @@ pub async fn run(
                 tracing::warn!(error = %e, "cannot read assignments; keeping tasks as they are");
             }
         }
-        for (a, action, d, why) in drain(&events, &mut tasks) {
+        for (a, action, d, why) in drain(&events, &mut tasks, &starting, &mut early) {
             journal.push(note(action, &a, d, &why));
         }
         // Durable before the report goes (in the log, or in the spool while the control
@@ -318,13 +321,22 @@ fn forward(events: Receiver<TaskEvent>, wake: Arc<tokio::sync::Notify>) -> Recei
 
 /// What the runner reported, applied to `tasks`; the audit-worthy part returned (exits and
 /// refused execs).
-fn drain(
+fn drain<T>(
     events: &Receiver<TaskEvent>,
     tasks: &mut BTreeMap<String, Running>,
+    starting: &BTreeMap<String, T>,
+    early: &mut Vec<TaskEvent>,
 ) -> Vec<(Assignment, &'static str, Decision, String)> {
     let mut out = Vec::new();
+    let mut pending: Vec<TaskEvent> = std::mem::take(early);
     while let Ok(ev) = events.try_recv() {
+        pending.push(ev);
+    }
+    for ev in pending {
         let Some(r) = tasks.get_mut(&ev.id) else {
+            if starting.contains_key(&ev.id) {
+                early.push(ev);
+            }
             continue;
         };
         if let Some(d) = ev.drift {
