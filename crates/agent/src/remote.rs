@@ -13,13 +13,12 @@ use async_trait::async_trait;
 use rcgen::{CertificateParams, KeyPair, SanType};
 use ringfence_api::pb;
 use ringfence_api::pb::node_client::NodeClient;
-use ringfence_api::transport::channel;
+use ringfence_api::transport::control_plane_channel;
 use ringfence_controlplane::server::from_pb;
 use ringfence_controlplane::{Assignment, MachineRecord, Registration, TaskReport};
 use ringfence_core::{Clock, MachineId, SpiffeId, TrustDomain, UnixTime};
 use ringfence_identity::Svid;
 use ringfence_identity::files;
-use ringfence_identity::tls::{PeerPolicy, client_config};
 use ringfence_identity::workload_api::{SvidSource, X509Material, run_rotator_from};
 use ringfence_provenance::statement::Sha256;
 use tokio::io::AsyncWriteExt as _;
@@ -96,12 +95,16 @@ fn rpc(what: &str, s: tonic::Status) -> String {
     format!("control plane: {what}: {} ({:?})", s.message(), s.code())
 }
 
-fn client(server: SocketAddr, config: rustls::ClientConfig) -> NodeClient<Channel> {
-    let mut config = config;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    NodeClient::new(channel(server, Arc::new(config)))
-        .max_decoding_message_size(ringfence_api::MAX_MESSAGE)
-        .max_encoding_message_size(ringfence_api::MAX_MESSAGE)
+fn client(
+    server: SocketAddr,
+    material: watch::Receiver<Option<X509Material>>,
+    clock: Arc<dyn Clock>,
+) -> Result<NodeClient<Channel>, String> {
+    Ok(
+        NodeClient::new(control_plane_channel(server, material, clock)?)
+            .max_decoding_message_size(ringfence_api::MAX_MESSAGE)
+            .max_encoding_message_size(ringfence_api::MAX_MESSAGE),
+    )
 }
 
 /// A fresh key and a CSR for `id`.
@@ -138,17 +141,13 @@ impl Remote {
         let own = td
             .workload(&["machine", machine.as_str()])
             .map_err(|e| e.to_string())?;
-        let server_id = td
-            .workload(&["ringfence", "controlplane"])
-            .map_err(|e| e.to_string())?;
-        let policy = PeerPolicy::OneOf(vec![server_id]);
         let now_ms = clock.now().as_millis();
         let kept = files::load(&cfg.state_dir).ok().filter(|m| {
             m.spiffe_id == own && files::not_after_ms(m).is_some_and(|t| t > now_ms + 5_000)
         });
         let material = match kept {
             Some(m) => m,
-            None => join(&cfg, &td, &own, &policy, Arc::clone(&clock)).await?,
+            None => join(&cfg, &td, &own, Arc::clone(&clock)).await?,
         };
         files::save(&cfg.state_dir, &material)
             .map_err(|e| format!("{}: {e}", cfg.state_dir.display()))?;
@@ -158,15 +157,13 @@ impl Remote {
             generation: gen_tx,
         });
         let (tx, rx) = watch::channel(Some(material));
-        let config = client_config(rx.clone(), policy, Arc::clone(&clock))
-            .map_err(|e| format!("TLS: {e}"))?;
         let spool = Arc::new(
             ringfence_audit::Spool::open(&cfg.spool)
                 .await
                 .map_err(|e| format!("audit spool {}: {e}", cfg.spool.display()))?,
         );
         let remote = Self {
-            node: client(cfg.server, config),
+            node: client(cfg.server, rx.clone(), Arc::clone(&clock))?,
             machine,
             td,
             bundle,
@@ -221,7 +218,6 @@ async fn join(
     cfg: &RemoteConfig,
     td: &TrustDomain,
     own: &SpiffeId,
-    policy: &PeerPolicy,
     clock: Arc<dyn Clock>,
 ) -> Result<X509Material, String> {
     let token = cfg.join_token.clone().ok_or_else(|| {
@@ -236,17 +232,8 @@ async fn join(
     })?;
     let bundle = files::read_bundle(bundle_path)?;
     // Nothing to present yet: only the bundle, to check the server with.
-    let bootstrap = X509Material {
-        spiffe_id: own.clone(),
-        cert_der: Vec::new(),
-        intermediates: Vec::new(),
-        key_pkcs8_der: Vec::new(),
-        bundle_der: bundle,
-        trust_domain: td.clone(),
-    };
-    let (_keep, rx) = watch::channel(Some(bootstrap));
-    let config = client_config(rx, policy.clone(), clock).map_err(|e| format!("TLS: {e}"))?;
-    let mut node = client(cfg.server, config);
+    let (_keep, rx) = watch::channel(Some(X509Material::bundle_only(own.clone(), bundle)));
+    let mut node = client(cfg.server, rx, clock)?;
     let (key, csr) = csr_for(own)?;
     // A control plane that is not up yet is waited for; a refusal is final.
     let mut wait = Duration::from_millis(500);

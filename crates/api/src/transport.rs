@@ -207,3 +207,29 @@ pub fn channel(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Channel {
         }
     }))
 }
+
+/// A channel to the control plane at `addr` presenting `material` (its certificate, if it has
+/// one) and accepting only `spiffe://<td>/ringfence/controlplane` of the material's trust
+/// domain, over HTTP/2.
+pub fn control_plane_channel(
+    addr: SocketAddr,
+    material: tokio::sync::watch::Receiver<Option<ringfence_identity::workload_api::X509Material>>,
+    clock: Arc<dyn ringfence_core::Clock>,
+) -> Result<Channel, String> {
+    let td = material
+        .borrow()
+        .as_ref()
+        .map(|m| m.trust_domain.clone())
+        .ok_or("no trust bundle to check the control plane with")?;
+    let server = td
+        .workload(&["ringfence", "controlplane"])
+        .map_err(|e| e.to_string())?;
+    let mut config = ringfence_identity::tls::client_config(
+        material,
+        ringfence_identity::tls::PeerPolicy::OneOf(vec![server]),
+        clock,
+    )
+    .map_err(|e| format!("TLS: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(channel(addr, Arc::new(config)))
+}

@@ -321,17 +321,10 @@ pub async fn run(jobs: usize, poll: Duration, dir: &Path) -> Result<()> {
             let m = ringfence_controlplane::server::self_issue(&ca, &audit, &clock, &machine, &id)
                 .await
                 .map_err(anyhow::Error::msg)?;
-            let server_id = ca.trust_domain().workload(&["ringfence", "controlplane"])?;
-            let (_tx, rx) = tokio::sync::watch::channel(Some(m));
-            std::mem::forget(_tx);
-            let mut config = ringfence_identity::tls::client_config(
-                rx,
-                ringfence_identity::tls::PeerPolicy::OneOf(vec![server_id]),
-                Arc::clone(&clock),
-            )?;
-            config.alpn_protocols = vec![b"h2".to_vec()];
+            let (_, rx) = tokio::sync::watch::channel(Some(m));
             anyhow::Ok(ringfence_api::pb::node_client::NodeClient::new(
-                ringfence_api::transport::channel(addr, Arc::new(config)),
+                ringfence_api::transport::control_plane_channel(addr, rx, Arc::clone(&clock))
+                    .map_err(anyhow::Error::msg)?,
             ))
         }
     };

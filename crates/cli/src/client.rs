@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 use ringfence_api::pb::admin_client::AdminClient;
 use ringfence_core::SystemClock;
 use ringfence_identity::files;
-use ringfence_identity::tls::{PeerPolicy, client_config};
 use tonic::transport::Channel;
 
 use crate::config::Settings;
@@ -28,20 +27,14 @@ pub fn admin(settings: &Settings) -> Result<Option<AdminClient<Channel>>> {
             dir.display()
         )
     })?;
-    let server_id = material
-        .trust_domain
-        .workload(&["ringfence", "controlplane"])?;
     let (_, rx) = tokio::sync::watch::channel(Some(material));
-    let mut config = client_config(
-        rx,
-        PeerPolicy::OneOf(vec![server_id]),
-        Arc::new(SystemClock),
-    )?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Some(
-        AdminClient::new(ringfence_api::transport::channel(server, Arc::new(config)))
-            .max_decoding_message_size(ringfence_api::MAX_MESSAGE)
-            .max_encoding_message_size(ringfence_api::MAX_MESSAGE),
+        AdminClient::new(
+            ringfence_api::transport::control_plane_channel(server, rx, Arc::new(SystemClock))
+                .map_err(anyhow::Error::msg)?,
+        )
+        .max_decoding_message_size(ringfence_api::MAX_MESSAGE)
+        .max_encoding_message_size(ringfence_api::MAX_MESSAGE),
     ))
 }
 

@@ -13,7 +13,6 @@ use ringfence_api::pb::people_client::PeopleClient;
 use ringfence_controlplane::server::{LOGIN_PAYLOAD_TYPE, LoginClaims};
 use ringfence_core::{Clock, SystemClock, TrustDomain};
 use ringfence_identity::files;
-use ringfence_identity::tls::{PeerPolicy, client_config};
 use ringfence_identity::workload_api::X509Material;
 use ringfence_provenance::statement::Sha256;
 
@@ -70,21 +69,12 @@ pub async fn run(args: LoginArgs, settings: &Settings) -> Result<u8> {
         &[&enrolled],
     )?;
     // No certificate to present yet: the bundle only, to check the server with.
-    let (_keep, rx) = tokio::sync::watch::channel(Some(X509Material {
-        spiffe_id: id.clone(),
-        cert_der: Vec::new(),
-        intermediates: Vec::new(),
-        key_pkcs8_der: Vec::new(),
-        bundle_der: bundle,
-        trust_domain: td.clone(),
-    }));
-    let mut config = client_config(
-        rx,
-        PeerPolicy::OneOf(vec![td.workload(&["ringfence", "controlplane"])?]),
-        Arc::new(SystemClock),
-    )?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let mut people = PeopleClient::new(ringfence_api::transport::channel(server, Arc::new(config)));
+    let (_keep, rx) =
+        tokio::sync::watch::channel(Some(X509Material::bundle_only(id.clone(), bundle)));
+    let mut people = PeopleClient::new(
+        ringfence_api::transport::control_plane_channel(server, rx, Arc::new(SystemClock))
+            .map_err(anyhow::Error::msg)?,
+    );
     let reply = people
         .login(pb::LoginRequest {
             envelope: serde_json::to_vec(&envelope)?,

@@ -35,7 +35,6 @@ use ringfence_api::pb::admin_client::AdminClient;
 use ringfence_api::pb::node_client::NodeClient;
 use ringfence_core::{SystemClock, TrustDomain};
 use ringfence_identity::files;
-use ringfence_identity::tls::{PeerPolicy, client_config};
 use ringfence_identity::workload_api::X509Material;
 use ringfence_provenance::statement::Sha256;
 use serde_json::Value;
@@ -480,24 +479,14 @@ fn channel(
     material: Option<X509Material>,
 ) -> tonic::transport::Channel {
     let td = TrustDomain::parse(TD).unwrap();
-    let m = material.unwrap_or_else(|| X509Material {
-        spiffe_id: td.workload(&["machine", "nobody"]).unwrap(),
-        cert_der: vec![],
-        intermediates: vec![],
-        key_pkcs8_der: vec![],
-        bundle_der: files::read_bundle(bundle).unwrap(),
-        trust_domain: td.clone(),
+    let m = material.unwrap_or_else(|| {
+        X509Material::bundle_only(
+            td.workload(&["machine", "nobody"]).unwrap(),
+            files::read_bundle(bundle).unwrap(),
+        )
     });
-    let (_tx, rx) = tokio::sync::watch::channel(Some(m));
-    std::mem::forget(_tx);
-    let mut config = client_config(
-        rx,
-        PeerPolicy::OneOf(vec![td.workload(&["ringfence", "controlplane"]).unwrap()]),
-        Arc::new(SystemClock),
-    )
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    ringfence_api::transport::channel(listen, Arc::new(config))
+    let (_, rx) = tokio::sync::watch::channel(Some(m));
+    ringfence_api::transport::control_plane_channel(listen, rx, Arc::new(SystemClock)).unwrap()
 }
 
 /// The first answer of a discovery watch of payments/web: (task, machine, address, port).

@@ -77,6 +77,20 @@ pub struct JwtContext {
 }
 
 impl X509Material {
+    /// Material with a trust bundle and no certificate yet, for a client that must check a
+    /// server before it holds an SVID (joining, logging in): it presents nothing. `spiffe_id`
+    /// is the identity being sought.
+    pub fn bundle_only(spiffe_id: SpiffeId, bundle_der: Vec<u8>) -> Self {
+        Self {
+            trust_domain: spiffe_id.trust_domain(),
+            spiffe_id,
+            cert_der: Vec::new(),
+            intermediates: Vec::new(),
+            key_pkcs8_der: Vec::new(),
+            bundle_der,
+        }
+    }
+
     /// The SVID and its intermediates, concatenated DER (leaf first), as the Workload API
     /// sends them.
     pub fn chain_der(&self) -> Vec<u8> {
