@@ -312,6 +312,18 @@ async fn remote(
             .map(|j| serde_json::from_str(j))
             .collect::<Result<_, _>>()?)
     }
+    // One job of the list, or not found (exit 4).
+    fn find(jobs: Vec<JobRecord>, ns: &str, name: &str) -> Result<JobRecord> {
+        jobs.into_iter()
+            .find(|j| j.namespace == ns && j.name == name)
+            .ok_or_else(|| {
+                anyhow::Error::new(crate::client::ApiError {
+                    what: "job".into(),
+                    code: tonic::Code::NotFound,
+                    message: format!("no job {ns}/{name}"),
+                })
+            })
+    }
     match cmd {
         JobCommand::Submit {
             file,
@@ -345,17 +357,7 @@ async fn remote(
         JobCommand::List { output } => print_list(&jobs(&mut api).await?, output),
         JobCommand::Status { job, output } => {
             let (ns, name) = split(&job)?;
-            let record = jobs(&mut api)
-                .await?
-                .into_iter()
-                .find(|j| j.namespace == ns && j.name == name)
-                .ok_or_else(|| {
-                    anyhow::Error::new(crate::client::ApiError {
-                        what: "status".into(),
-                        code: tonic::Code::NotFound,
-                        message: format!("no job {job}"),
-                    })
-                })?;
+            let record = find(jobs(&mut api).await?, ns, name)?;
             let statuses = statuses(&mut api).await?;
             print_status(&record, &statuses, output)
         }
@@ -365,11 +367,7 @@ async fn remote(
             stderr,
         } => {
             let (ns, name) = split(&job)?;
-            let record = jobs(&mut api)
-                .await?
-                .into_iter()
-                .find(|j| j.namespace == ns && j.name == name)
-                .with_context(|| format!("no job {job}"))?;
+            let record = find(jobs(&mut api).await?, ns, name)?;
             print_log(&record, replica, stderr, settings)
         }
         JobCommand::Stop { job, by } => {

@@ -180,21 +180,14 @@ fn key(segments: &[&str]) -> Result<Key, Status> {
 
 impl State {
     fn issuer_for(&self, machine: &MachineId, id: &SpiffeId) -> Result<IssuanceService, Status> {
-        IssuanceService::new(
-            Arc::clone(&self.parts.ca),
-            Arc::new(Exactly(IssuanceAuthorization {
-                spiffe_id: id.clone(),
-                machine: machine.clone(),
-                not_after: self
-                    .parts
-                    .clock
-                    .now()
-                    .saturating_add(Duration::from_secs(60)),
-            })),
-            Arc::clone(&self.parts.audit),
-            Arc::clone(&self.parts.clock),
+        exact_issuer(
+            &self.parts.ca,
+            &self.parts.audit,
+            &self.parts.clock,
+            machine,
+            id,
         )
-        .map_err(|e| Status::internal(e.to_string()))
+        .map_err(Status::internal)
     }
 
     fn machine_id(&self, m: &MachineId) -> Result<SpiffeId, Status> {
@@ -1342,6 +1335,27 @@ impl Admin for AdminApi {
     }
 }
 
+/// The audited CA, authorized for exactly `id` requested by `machine` (for the next minute).
+fn exact_issuer(
+    ca: &Arc<CaSet>,
+    audit: &Arc<dyn AuditSink>,
+    clock: &Arc<dyn Clock>,
+    machine: &MachineId,
+    id: &SpiffeId,
+) -> Result<IssuanceService, String> {
+    IssuanceService::new(
+        Arc::clone(ca),
+        Arc::new(Exactly(IssuanceAuthorization {
+            spiffe_id: id.clone(),
+            machine: machine.clone(),
+            not_after: clock.now().saturating_add(Duration::from_secs(60)),
+        })),
+        Arc::clone(audit),
+        Arc::clone(clock),
+    )
+    .map_err(|e| e.to_string())
+}
+
 /// Obtains an SVID for `id` straight from the CA (the control plane's own, a bootstrap
 /// admin's): `machine` is recorded as the requester in the audit log.
 pub async fn self_issue(
@@ -1352,17 +1366,7 @@ pub async fn self_issue(
     id: &SpiffeId,
 ) -> Result<X509Material, String> {
     let machine = MachineId::parse(machine).map_err(|e| e.to_string())?;
-    let service = IssuanceService::new(
-        Arc::clone(ca),
-        Arc::new(Exactly(IssuanceAuthorization {
-            spiffe_id: id.clone(),
-            machine: machine.clone(),
-            not_after: clock.now().saturating_add(Duration::from_secs(60)),
-        })),
-        Arc::clone(audit),
-        Arc::clone(clock),
-    )
-    .map_err(|e| e.to_string())?;
+    let service = exact_issuer(ca, audit, clock, &machine, id)?;
     obtain_from(
         &LocalIssuer::new(Arc::new(service), machine),
         id,
