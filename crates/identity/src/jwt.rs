@@ -113,12 +113,22 @@ impl JwtIssuer {
 
     /// The JWT bundle (JWKS JSON) holding this key.
     pub fn jwks(&self) -> String {
+        self.jwks_for("jwt-svid")
+    }
+
+    /// The key pair.
+    pub(crate) fn pair(&self) -> &EcdsaKeyPair {
+        &self.pair
+    }
+
+    /// A JWKS holding this key with `"use": use_`.
+    pub(crate) fn jwks_for(&self, use_: &str) -> String {
         let point = self.pair.public_key().as_ref();
         // Uncompressed point: 0x04 || X (32) || Y (32).
         let x = point.get(1..33).unwrap_or_default();
         let y = point.get(33..65).unwrap_or_default();
         json!({ "keys": [{
-            "kty": "EC", "crv": "P-256", "use": "jwt-svid", "kid": self.kid,
+            "kty": "EC", "crv": "P-256", "use": use_, "kid": self.kid,
             "x": B64URL.encode(x), "y": B64URL.encode(y),
         }]})
         .to_string()
@@ -148,16 +158,7 @@ impl JwtIssuer {
             "iat": now.as_secs(),
             "exp": now.saturating_add(ttl).as_secs(),
         });
-        let signing_input = format!(
-            "{}.{}",
-            B64URL.encode(header.to_string()),
-            B64URL.encode(claims.to_string())
-        );
-        let sig = self
-            .pair
-            .sign(&SystemRandom::new(), signing_input.as_bytes())
-            .map_err(|_| JwtError::Signing)?;
-        Ok(format!("{signing_input}.{}", B64URL.encode(sig.as_ref())))
+        sign_es256(&self.pair, &header, &claims)
     }
 }
 
@@ -221,14 +222,42 @@ pub struct ValidatedJwt {
     pub claims: Map<String, Value>,
 }
 
-/// Validates a JWT-SVID for `audience` against `bundle` of `trust_domain` at `now`.
-pub fn validate(
-    token: &str,
-    audience: &str,
-    bundle: &JwtBundle,
-    trust_domain: &TrustDomain,
-    now: UnixTime,
-) -> Result<ValidatedJwt, JwtError> {
+/// A decoded JSON object (a JWS header or claims set).
+pub type JsonObject = Map<String, Value>;
+
+/// Verifies an ES256 compact JWS against `bundle` and returns its header and claims. Only
+/// `ES256` is accepted, the key is chosen by `kid` from the bundle alone, and nothing else in
+/// the header decides how the token is checked.
+pub fn verify_es256(token: &str, bundle: &JwtBundle) -> Result<(JsonObject, JsonObject), JwtError> {
+    let (header, claims, signing_input, sig) = split_compact(token)?;
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if alg != "ES256" {
+        return Err(JwtError::Algorithm(alg.to_owned()));
+    }
+    let kid = header
+        .get("kid")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let (_, point) = bundle
+        .keys
+        .iter()
+        .find(|(k, _)| k == kid)
+        .ok_or_else(|| JwtError::UnknownKey(kid.to_owned()))?;
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+        .verify(signing_input.as_bytes(), &sig)
+        .map_err(|_| JwtError::BadSignature)?;
+    Ok((header, claims))
+}
+
+/// A compact JWS split into its decoded header and claims, the signing input and the
+/// signature bytes (nothing verified yet).
+pub(crate) type Compact<'a> = (JsonObject, JsonObject, &'a str, Vec<u8>);
+
+/// Splits a compact JWS (size-limited) without verifying it.
+pub(crate) fn split_compact(token: &str) -> Result<Compact<'_>, JwtError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(JwtError::Malformed(format!(
             "{} bytes; at most {MAX_TOKEN_LEN}",
@@ -251,33 +280,42 @@ pub fn validate(
         }
     };
     let header = decode_json(h, "header")?;
-    let alg = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if alg != "ES256" {
-        return Err(JwtError::Algorithm(alg.to_owned()));
-    }
-    let kid = header
-        .get("kid")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let (_, point) = bundle
-        .keys
-        .iter()
-        .find(|(k, _)| k == kid)
-        .ok_or_else(|| JwtError::UnknownKey(kid.to_owned()))?;
+    let claims = decode_json(p, "claims")?;
     let sig = B64URL
         .decode(s)
         .map_err(|_| JwtError::Malformed("signature is not base64url".into()))?;
-    let signing_input_len = h.len() + 1 + p.len();
     let signing_input = token
-        .get(..signing_input_len)
+        .get(..h.len() + 1 + p.len())
         .ok_or_else(|| JwtError::Malformed("truncated".into()))?;
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
-        .verify(signing_input.as_bytes(), &sig)
-        .map_err(|_| JwtError::BadSignature)?;
-    let claims = decode_json(p, "claims")?;
+    Ok((header, claims, signing_input, sig))
+}
+
+/// Signs `header` and `claims` as an ES256 compact JWS.
+pub(crate) fn sign_es256(
+    pair: &EcdsaKeyPair,
+    header: &Value,
+    claims: &Value,
+) -> Result<String, JwtError> {
+    let signing_input = format!(
+        "{}.{}",
+        B64URL.encode(header.to_string()),
+        B64URL.encode(claims.to_string())
+    );
+    let sig = pair
+        .sign(&SystemRandom::new(), signing_input.as_bytes())
+        .map_err(|_| JwtError::Signing)?;
+    Ok(format!("{signing_input}.{}", B64URL.encode(sig.as_ref())))
+}
+
+/// Validates a JWT-SVID for `audience` against `bundle` of `trust_domain` at `now`.
+pub fn validate(
+    token: &str,
+    audience: &str,
+    bundle: &JwtBundle,
+    trust_domain: &TrustDomain,
+    now: UnixTime,
+) -> Result<ValidatedJwt, JwtError> {
+    let (_, claims) = verify_es256(token, bundle)?;
     let exp = claims
         .get("exp")
         .and_then(Value::as_u64)

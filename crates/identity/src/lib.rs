@@ -13,6 +13,7 @@ pub mod jwt;
 mod rotation;
 mod service;
 pub mod tls;
+pub mod txn;
 pub mod workload_api;
 
 pub use ca::{

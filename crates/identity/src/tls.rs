@@ -169,37 +169,61 @@ impl SvidVerifier {
             .as_ref()
             .map(|m| (m.bundle_der.clone(), m.trust_domain.clone()))
             .ok_or_else(|| rustls::Error::General("no trust bundle yet".into()))?;
-        let anchors = split_der_certificates(&bundle.0)
-            .iter()
-            .map(|der| webpki::anchor_from_trusted_cert(der).map(|a| a.to_owned()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| rustls::Error::General(format!("bad trust bundle: {e}")))?;
-        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
-        let now = UnixTime::since_unix_epoch(std::time::Duration::from_millis(
-            self.clock.now().as_millis(),
-        ));
-        cert.verify_for_usage(
-            self.algorithms.all,
-            &anchors,
+        let id = verify_chain(
+            &bundle.0,
+            &bundle.1,
+            end_entity,
             intermediates,
-            now,
+            self.clock.now(),
             usage,
-            None,
-            None,
-        )
-        .map_err(pki_error)?;
-        let id = spiffe_id_of(end_entity).ok_or_else(|| {
-            rustls::Error::General("peer certificate has no single valid SPIFFE ID".into())
-        })?;
+        )?;
         let allowed = match &self.policy {
             PeerPolicy::OneOf(ids) => ids.contains(&id),
             PeerPolicy::AnyInTrustDomain => id.is_member_of(&bundle.1),
         };
-        if !allowed || !id.is_member_of(&bundle.1) {
+        if !allowed {
             return Err(rustls::Error::General(format!("peer {id} is not allowed")));
         }
         Ok(id)
     }
+}
+
+/// Verifies an SVID chain against the trust bundle of `trust_domain` at `now`, for `usage`,
+/// and returns its SPIFFE ID (exactly one URI SAN, a member of the trust domain).
+pub fn verify_chain(
+    bundle_der: &[u8],
+    trust_domain: &ringfence_core::TrustDomain,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: ringfence_core::UnixTime,
+    usage: webpki::KeyUsage,
+) -> Result<SpiffeId, rustls::Error> {
+    let anchors = split_der_certificates(bundle_der)
+        .iter()
+        .map(|der| webpki::anchor_from_trusted_cert(der).map(|a| a.to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| rustls::Error::General(format!("bad trust bundle: {e}")))?;
+    let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+    let now = UnixTime::since_unix_epoch(std::time::Duration::from_millis(now.as_millis()));
+    cert.verify_for_usage(
+        provider().signature_verification_algorithms.all,
+        &anchors,
+        intermediates,
+        now,
+        usage,
+        None,
+        None,
+    )
+    .map_err(pki_error)?;
+    let id = spiffe_id_of(end_entity).ok_or_else(|| {
+        rustls::Error::General("peer certificate has no single valid SPIFFE ID".into())
+    })?;
+    if !id.is_member_of(trust_domain) {
+        return Err(rustls::Error::General(format!(
+            "peer {id} is not in trust domain {trust_domain}"
+        )));
+    }
+    Ok(id)
 }
 
 fn pki_error(e: webpki::Error) -> rustls::Error {
