@@ -1,0 +1,387 @@
+//! `ringfence mesh` configuration (TOML, unknown fields refused) and the runner that turns it
+//! into listeners.
+//!
+//! ```toml
+//! [identity]
+//! svid_dir = "/run/ringfence/svid"      # svid.pem (chain + key) and bundle.pem, re-read on change
+//!
+//! [inbound]                             # beside the called service
+//! listen = "0.0.0.0:15443"
+//! forward = "127.0.0.1:8080"
+//!
+//! [outbound]                            # beside the caller: http://<service>.<namespace>/...
+//! listen = "127.0.0.1:15001"
+//!
+//! [endpoints]                           # where services are (until discovery is configured)
+//! "orders.shop" = ["10.0.0.2:15443"]
+//!
+//! [policy]
+//! file = "access.cedar"                 # re-read on change; live connections follow
+//! mode = "enforce"                      # or "dry-run"
+//! default_deny = false                  # true: services no policy names are closed too
+//!
+//! [tokens]
+//! jwks = "txn-token-jwks.json"          # the token service's keys (`ringfence euc jwks`)
+//!
+//! [telemetry]
+//! metrics = "127.0.0.1:15090"           # Prometheus /metrics
+//! audit_spool = "mesh-audit.redb"       # every denial, and one allow in `allow_sample`
+//! allow_sample = 100
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ringfence_core::{Clock, SystemClock};
+use ringfence_identity::jwt::JwtBundle;
+use ringfence_identity::workload_api::X509Material;
+use ringfence_policy::{AccessPolicy, Mode};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::h1::Conn;
+use crate::proxy::{Limits, Mesh, MeshParts, PolicyHandle, StaticResolver};
+use crate::telemetry::Telemetry;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Where the SVID comes from.
+    pub identity: IdentityConfig,
+    /// The inbound listener.
+    pub inbound: Option<InboundConfig>,
+    /// The outbound listener.
+    pub outbound: Option<OutboundConfig>,
+    /// Static endpoints, `"<service>.<namespace>" = ["addr:port", ...]`.
+    #[serde(default)]
+    pub endpoints: HashMap<String, Vec<SocketAddr>>,
+    /// Service-access policy.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Transaction-token keys.
+    #[serde(default)]
+    pub tokens: TokensConfig,
+    /// Metrics and audit.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// Where the SVID comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// A directory with `svid.pem` and `bundle.pem` (as `ringfence agent` and `ringfence
+    /// login` write them), re-read when they change.
+    pub svid_dir: PathBuf,
+}
+
+/// The inbound listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Where callers connect (mTLS).
+    pub listen: SocketAddr,
+    /// The service's local port.
+    pub forward: SocketAddr,
+}
+
+/// The outbound listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// A loopback address.
+    pub listen: SocketAddr,
+}
+
+/// Service-access policy.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A Cedar policy file; without one every service is open unless `default_deny`.
+    pub file: Option<PathBuf>,
+    /// Enforce or dry-run.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Close services no policy names.
+    #[serde(default)]
+    pub default_deny: bool,
+}
+
+/// Transaction-token keys.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfig {
+    /// The token service's JWKS.
+    pub jwks: Option<PathBuf>,
+}
+
+/// Metrics and audit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Prometheus listener.
+    pub metrics: Option<SocketAddr>,
+    /// Audit spool file.
+    pub audit_spool: Option<PathBuf>,
+    /// Record one allow in this many (0: none).
+    #[serde(default = "default_sample")]
+    pub allow_sample: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            metrics: None,
+            audit_spool: None,
+            allow_sample: default_sample(),
+        }
+    }
+}
+
+fn default_sample() -> u64 {
+    100
+}
+
+/// Why the proxy cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is wrong.
+    #[error("mesh config: {0}")]
+    Invalid(String),
+    /// Starting failed.
+    #[error(transparent)]
+    Mesh(#[from] crate::MeshError),
+}
+
+impl MeshConfig {
+    /// Parses TOML; relative paths are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: Self =
+            toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut cfg.identity.svid_dir);
+        if let Some(p) = cfg.policy.file.as_mut() {
+            abs(p);
+        }
+        if let Some(p) = cfg.tokens.jwks.as_mut() {
+            abs(p);
+        }
+        if let Some(p) = cfg.telemetry.audit_spool.as_mut() {
+            abs(p);
+        }
+        if let Some(o) = &cfg.outbound
+            && !o.listen.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "outbound.listen {} is not a loopback address: the outbound side is for the local workload only",
+                o.listen
+            )));
+        }
+        if cfg.inbound.is_none() && cfg.outbound.is_none() {
+            return Err(ConfigError::Invalid(
+                "nothing to do: configure [inbound], [outbound] or both".into(),
+            ));
+        }
+        for name in cfg.endpoints.keys() {
+            ringfence_policy::ServiceName::parse(name)
+                .map_err(|e| ConfigError::Invalid(format!("endpoints: {e}")))?;
+        }
+        Ok(cfg)
+    }
+
+    fn load_policy(&self) -> Result<AccessPolicy, ConfigError> {
+        match &self.policy.file {
+            None => Ok(AccessPolicy::empty(
+                self.policy.mode,
+                self.policy.default_deny,
+            )),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", p.display())))?;
+                AccessPolicy::parse(&text, self.policy.mode, self.policy.default_deny)
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", p.display())))
+            }
+        }
+    }
+}
+
+/// What the runner bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The inbound address.
+    pub inbound: Option<SocketAddr>,
+    /// The outbound address.
+    pub outbound: Option<SocketAddr>,
+    /// The metrics address.
+    pub metrics: Option<SocketAddr>,
+}
+
+fn modified(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// How often files are looked at for changes.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs the proxy until a listener fails. `bound` learns the addresses once listening.
+pub async fn run(
+    cfg: MeshConfig,
+    bound: Option<tokio::sync::oneshot::Sender<Bound>>,
+) -> Result<(), ConfigError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let svid_dir = cfg.identity.svid_dir.clone();
+    let material = ringfence_identity::files::load(&svid_dir)
+        .map_err(|e| ConfigError::Invalid(format!("identity {}: {e}", svid_dir.display())))?;
+    let (material_tx, material_rx) = watch::channel::<Option<X509Material>>(Some(material));
+    tokio::spawn(async move {
+        let mut seen = modified(&svid_dir.join("svid.pem"));
+        loop {
+            tokio::time::sleep(WATCH_EVERY).await;
+            let now = modified(&svid_dir.join("svid.pem"));
+            if now != seen {
+                match ringfence_identity::files::load(&svid_dir) {
+                    Ok(m) => {
+                        tracing::info!(spiffe_id = %m.spiffe_id, "mesh SVID reloaded");
+                        let _ = material_tx.send(Some(m));
+                        seen = now;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "mesh SVID not reloaded"),
+                }
+            }
+        }
+    });
+    let policy = PolicyHandle::new(cfg.load_policy()?);
+    if let Some(file) = cfg.policy.file.clone() {
+        let handle = policy.clone();
+        let cfg2 = cfg.clone();
+        tokio::spawn(async move {
+            let mut seen = modified(&file);
+            loop {
+                tokio::time::sleep(WATCH_EVERY).await;
+                let now = modified(&file);
+                if now != seen {
+                    seen = now;
+                    match cfg2.load_policy() {
+                        Ok(p) => {
+                            tracing::info!(file = %file.display(), "service-access policy reloaded");
+                            handle.replace(p);
+                        }
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "service-access policy not reloaded; the previous one stays in force"
+                        ),
+                    }
+                }
+            }
+        });
+    }
+    let tokens = match &cfg.tokens.jwks {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", p.display())))?;
+            Some(
+                JwtBundle::parse(&text)
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", p.display())))?,
+            )
+        }
+    };
+    let telemetry = match &cfg.telemetry.audit_spool {
+        Some(path) => {
+            let spool = ringfence_audit::Spool::open(path).await.map_err(|e| {
+                ConfigError::Invalid(format!("audit spool {}: {e}", path.display()))
+            })?;
+            Telemetry::with_audit(Arc::new(spool), cfg.telemetry.allow_sample)
+        }
+        None => Telemetry::new(),
+    };
+    let mesh = Arc::new(Mesh::new(MeshParts {
+        material: material_rx,
+        policy,
+        tokens,
+        resolver: Arc::new(StaticResolver(cfg.endpoints.clone())),
+        telemetry: Arc::new(telemetry),
+        clock,
+        limits: Limits::default(),
+    })?);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut b = Bound {
+        inbound: None,
+        outbound: None,
+        metrics: None,
+    };
+    if let Some(i) = &cfg.inbound {
+        let l = TcpListener::bind(i.listen)
+            .await
+            .map_err(crate::MeshError::from)?;
+        b.inbound = Some(l.local_addr().map_err(crate::MeshError::from)?);
+        tasks.spawn(Arc::clone(&mesh).serve_inbound(l, i.forward));
+    }
+    if let Some(o) = &cfg.outbound {
+        let l = TcpListener::bind(o.listen)
+            .await
+            .map_err(crate::MeshError::from)?;
+        b.outbound = Some(l.local_addr().map_err(crate::MeshError::from)?);
+        tasks.spawn(Arc::clone(&mesh).serve_outbound(l));
+    }
+    if let Some(m) = cfg.telemetry.metrics {
+        let l = TcpListener::bind(m).await.map_err(crate::MeshError::from)?;
+        b.metrics = Some(l.local_addr().map_err(crate::MeshError::from)?);
+        tasks.spawn(serve_metrics(Arc::clone(mesh.telemetry()), l));
+    }
+    tracing::info!(
+        spiffe_id = %mesh.id(),
+        inbound = ?b.inbound,
+        outbound = ?b.outbound,
+        metrics = ?b.metrics,
+        mode = ?cfg.policy.mode,
+        default_deny = cfg.policy.default_deny,
+        "mesh proxy listening"
+    );
+    if let Some(tx) = bound {
+        let _ = tx.send(b);
+    }
+    match tasks.join_next().await {
+        Some(Ok(r)) => r.map_err(ConfigError::from),
+        Some(Err(e)) => Err(ConfigError::Invalid(format!("listener task failed: {e}"))),
+        None => Ok(()),
+    }
+}
+
+/// Serves `GET /metrics`.
+pub async fn serve_metrics(
+    telemetry: Arc<Telemetry>,
+    listener: TcpListener,
+) -> Result<(), crate::MeshError> {
+    use tokio::io::AsyncWriteExt;
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let t = Arc::clone(&telemetry);
+        tokio::spawn(async move {
+            let mut c = Conn::new(tcp);
+            let Ok(Some(head)) = c.read_request(Duration::from_secs(5)).await else {
+                return;
+            };
+            let (status, body) = if head.method == "GET" && head.target == "/metrics" {
+                ("200 OK", t.render())
+            } else {
+                ("404 Not Found", "not found: GET /metrics\n".to_owned())
+            };
+            let out = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = c.io.write_all(out.as_bytes()).await;
+            let _ = c.io.shutdown().await;
+        });
+    }
+}

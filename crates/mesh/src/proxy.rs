@@ -1,0 +1,894 @@
+//! The two halves of the proxy.
+//!
+//! **Inbound** (beside the called service): an mTLS listener that accepts any SVID of the
+//! trust domain, then for every request: the normalizer, the `Host` check, the transaction
+//! token and its call chain, the Cedar decision, and only then the application's local port.
+//! The application receives the normal path, `ringfence-caller: <SPIFFE ID>` and, with a
+//! verified token, `ringfence-user: <sub>`; those two fields are never taken from the caller.
+//!
+//! **Outbound** (beside the caller): a loopback listener that reads the `Host` as
+//! `<service>.<namespace>`, finds its endpoints, balances across them, originates mTLS that
+//! accepts only the SPIFFE ID of that service, and signs the call-chain link when the request
+//! carries a transaction token.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ringfence_audit::{Decision as AuditDecision, Event};
+use ringfence_core::{Clock, SpiffeId, TrustDomain};
+use ringfence_identity::jwt::JwtBundle;
+use ringfence_identity::tls::{PeerPolicy, spiffe_id_of};
+use ringfence_identity::txn;
+use ringfence_identity::workload_api::X509Material;
+use ringfence_policy::{
+    AccessPolicy, AccessRequest, Action, Method, Refusal, ServiceName, UserContext,
+    check_authority, normalize_target, request_framing,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::h1::{
+    BodyFraming, Conn, H1Error, RequestHead, encode_request, encode_response, refusal_response,
+    response_framing,
+};
+use crate::telemetry::{Outcome, Telemetry};
+
+/// Where a service's endpoints come from.
+#[async_trait::async_trait]
+pub trait Resolver: Send + Sync + std::fmt::Debug {
+    /// The mesh addresses of `service`'s endpoints (may be empty).
+    async fn endpoints(&self, service: &ServiceName) -> Vec<SocketAddr>;
+}
+
+/// Endpoints from configuration.
+#[derive(Debug, Clone, Default)]
+pub struct StaticResolver(pub HashMap<String, Vec<SocketAddr>>);
+
+#[async_trait::async_trait]
+impl Resolver for StaticResolver {
+    async fn endpoints(&self, service: &ServiceName) -> Vec<SocketAddr> {
+        self.0
+            .get(&service.to_string())
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// The service-access policy in force; replaced whole, read at every request.
+#[derive(Debug, Clone)]
+pub struct PolicyHandle(Arc<RwLock<Arc<AccessPolicy>>>);
+
+impl PolicyHandle {
+    /// Starts with `policy`.
+    pub fn new(policy: AccessPolicy) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(policy))))
+    }
+
+    /// The policy now.
+    pub fn current(&self) -> Arc<AccessPolicy> {
+        Arc::clone(
+            &self
+                .0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Replaces it; live connections use the new one from their next request.
+    pub fn replace(&self, policy: AccessPolicy) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(policy);
+    }
+}
+
+/// Timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a kept-alive connection may wait for its next request.
+    pub idle: Duration,
+    /// How long an upstream may take to start its response.
+    pub response: Duration,
+    /// How long connecting (and the TLS handshake) may take.
+    pub connect: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(60),
+            response: Duration::from_secs(60),
+            connect: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Fields the caller may not set: the inbound proxy sets them from what it verified.
+const OWN_FIELDS: [&str; 2] = ["ringfence-caller", "ringfence-user"];
+
+/// One proxy: its identity, policy, keys and counters.
+#[derive(Debug)]
+pub struct Mesh {
+    me: SpiffeId,
+    service: ServiceName,
+    trust_domain: TrustDomain,
+    material: watch::Receiver<Option<X509Material>>,
+    policy: PolicyHandle,
+    tokens: Option<JwtBundle>,
+    resolver: Arc<dyn Resolver>,
+    telemetry: Arc<Telemetry>,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+    next: AtomicUsize,
+    clients: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
+}
+
+/// What a proxy is built from.
+#[derive(Debug)]
+pub struct MeshParts {
+    /// The workload's SVID and bundle (followed: rotation needs no restart).
+    pub material: watch::Receiver<Option<X509Material>>,
+    /// The service-access policy.
+    pub policy: PolicyHandle,
+    /// The token service's keys; without them a request carrying a token is refused.
+    pub tokens: Option<JwtBundle>,
+    /// Endpoints.
+    pub resolver: Arc<dyn Resolver>,
+    /// Counters and audit.
+    pub telemetry: Arc<Telemetry>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Timeouts.
+    pub limits: Limits,
+}
+
+/// Why a proxy cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// No SVID yet, or one that is not a service's.
+    #[error("mesh identity: {0}")]
+    Identity(String),
+    /// TLS setup failed.
+    #[error("mesh TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Listening failed.
+    #[error("mesh listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A request the inbound side let through.
+struct Admitted {
+    target: String,
+    extra: Vec<(&'static str, Vec<u8>)>,
+    framing: BodyFraming,
+    decision_reason: String,
+    outcome: Outcome,
+    action: String,
+}
+
+impl Mesh {
+    /// A proxy for the workload whose SVID `parts.material` holds (it must be
+    /// `/ns/<namespace>/svc/<service>`).
+    pub fn new(parts: MeshParts) -> Result<Self, MeshError> {
+        let m = parts
+            .material
+            .borrow()
+            .clone()
+            .filter(|m| !m.cert_der.is_empty())
+            .ok_or_else(|| MeshError::Identity("no SVID yet".into()))?;
+        let service = ServiceName::of(&m.spiffe_id).ok_or_else(|| {
+            MeshError::Identity(format!(
+                "{} is not a service identity /ns/<namespace>/svc/<service>",
+                m.spiffe_id
+            ))
+        })?;
+        Ok(Self {
+            me: m.spiffe_id.clone(),
+            service,
+            trust_domain: m.trust_domain.clone(),
+            material: parts.material,
+            policy: parts.policy,
+            tokens: parts.tokens,
+            resolver: parts.resolver,
+            telemetry: parts.telemetry,
+            clock: parts.clock,
+            limits: parts.limits,
+            next: AtomicUsize::new(0),
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This proxy's workload.
+    pub fn id(&self) -> &SpiffeId {
+        &self.me
+    }
+
+    /// This proxy's service.
+    pub fn service(&self) -> &ServiceName {
+        &self.service
+    }
+
+    /// The counters.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// The policy handle.
+    pub fn policy(&self) -> &PolicyHandle {
+        &self.policy
+    }
+
+    fn event(
+        &self,
+        actor: &SpiffeId,
+        action: &str,
+        target: String,
+        decision: AuditDecision,
+        reason: &str,
+    ) -> Event {
+        Event::new(
+            self.clock.now(),
+            actor.clone(),
+            action,
+            target,
+            decision,
+            reason,
+        )
+        .with_detail("proxy", self.me.as_str())
+    }
+
+    /// The inbound TLS configuration: this SVID, any client SVID of the trust domain.
+    pub fn inbound_tls(&self) -> Result<rustls::ServerConfig, MeshError> {
+        let mut cfg = ringfence_identity::tls::server_config(
+            self.material.clone(),
+            PeerPolicy::AnyInTrustDomain,
+            Arc::clone(&self.clock),
+        )?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+
+    /// Serves inbound mTLS on `listener`, forwarding admitted requests to `forward`.
+    pub async fn serve_inbound(
+        self: Arc<Self>,
+        listener: TcpListener,
+        forward: SocketAddr,
+    ) -> Result<(), MeshError> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(self.inbound_tls()?));
+        loop {
+            let (tcp, addr) = listener.accept().await?;
+            let _ = tcp.set_nodelay(true);
+            let this = Arc::clone(&self);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(this.limits.connect * 2, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let peer = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(spiffe_id_of);
+                        let Some(peer) = peer else { return };
+                        this.inbound_connection(Conn::new(tls), &peer, forward)
+                            .await;
+                    }
+                    Ok(Err(e)) => this.handshake_refused(addr, &e.to_string()),
+                    Err(_) => this.handshake_refused(addr, "handshake not completed in time"),
+                }
+            });
+        }
+    }
+
+    fn handshake_refused(&self, addr: SocketAddr, reason: &str) {
+        self.telemetry.handshake_failed();
+        tracing::info!(%addr, reason, "mesh handshake refused");
+        self.telemetry.audit(self.event(
+            &self.me,
+            "mesh.handshake",
+            format!("peer {addr}"),
+            AuditDecision::Deny,
+            reason,
+        ));
+    }
+
+    async fn inbound_connection<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut down: Conn<S>,
+        peer: &SpiffeId,
+        forward: SocketAddr,
+    ) {
+        let mut up: Option<Conn<TcpStream>> = None;
+        loop {
+            let head = match down.read_request(self.limits.idle).await {
+                Ok(Some(h)) => h,
+                Ok(None) | Err(H1Error::Io(_) | H1Error::Upstream(_)) => return,
+                Err(H1Error::Refused(r)) => {
+                    self.refuse(&mut down, peer, "malformed", &r, Outcome::Refused)
+                        .await;
+                    return;
+                }
+            };
+            let admitted = match self.admit(peer, &head) {
+                Ok(a) => a,
+                Err((outcome, action, r)) => {
+                    self.refuse(&mut down, peer, &action, &r, outcome).await;
+                    return;
+                }
+            };
+            if up.is_none() {
+                match tokio::time::timeout(self.limits.connect, TcpStream::connect(forward)).await {
+                    Ok(Ok(s)) => {
+                        let _ = s.set_nodelay(true);
+                        up = Some(Conn::new(s));
+                    }
+                    _ => {
+                        let r = Refusal {
+                            status: 502,
+                            reason: format!("the service's local port {forward} does not answer"),
+                        };
+                        self.refuse(&mut down, peer, &admitted.action, &r, Outcome::Refused)
+                            .await;
+                        return;
+                    }
+                }
+            }
+            let Some(u) = up.as_mut() else { return };
+            let extra: Vec<(&str, &[u8])> = admitted
+                .extra
+                .iter()
+                .map(|(n, v)| (*n, v.as_slice()))
+                .collect();
+            let encoded = encode_request(
+                &head,
+                &admitted.target,
+                &OWN_FIELDS,
+                &extra,
+                admitted.framing,
+            );
+            let result =
+                exchange(&mut down, u, &head, encoded, admitted.framing, self.limits).await;
+            match result {
+                Ok((status, close)) => {
+                    self.telemetry.count(
+                        peer.as_str(),
+                        &self.service.to_string(),
+                        admitted.outcome,
+                        status,
+                    );
+                    if admitted.outcome == Outcome::DryRunDeny {
+                        self.telemetry.audit(self.event(
+                            peer,
+                            "mesh.request",
+                            format!("{} {}", self.service, admitted.action),
+                            AuditDecision::WouldDeny,
+                            &admitted.decision_reason,
+                        ));
+                    } else {
+                        self.telemetry.audit_allow(|| {
+                            self.event(
+                                peer,
+                                "mesh.request",
+                                format!("{} {}", self.service, admitted.action),
+                                AuditDecision::Allow,
+                                &admitted.decision_reason,
+                            )
+                        });
+                    }
+                    if close {
+                        return;
+                    }
+                }
+                Err(ExchangeError::BeforeResponse(e)) => {
+                    let r = Refusal {
+                        status: 502,
+                        reason: format!("the service did not answer: {e}"),
+                    };
+                    self.refuse(&mut down, peer, &admitted.action, &r, Outcome::Refused)
+                        .await;
+                    return;
+                }
+                Err(ExchangeError::Client(r)) => {
+                    self.refuse(&mut down, peer, &admitted.action, &r, Outcome::Refused)
+                        .await;
+                    return;
+                }
+                Err(ExchangeError::After) => return,
+            }
+        }
+    }
+
+    /// Answers `r`, counts it, audits it.
+    async fn refuse<S: AsyncWrite + Unpin>(
+        &self,
+        down: &mut Conn<S>,
+        peer: &SpiffeId,
+        action: &str,
+        r: &Refusal,
+        outcome: Outcome,
+    ) {
+        let _ = down
+            .io
+            .write_all(&refusal_response(r.status, &r.reason))
+            .await;
+        let _ = down.io.flush().await;
+        let _ = down.io.shutdown().await;
+        self.telemetry
+            .count(peer.as_str(), &self.service.to_string(), outcome, r.status);
+        self.telemetry.audit(
+            self.event(
+                peer,
+                "mesh.request",
+                format!("{} {action}", self.service),
+                AuditDecision::Deny,
+                &r.reason,
+            )
+            .with_detail("status", r.status.to_string()),
+        );
+    }
+
+    /// Everything the inbound side checks before forwarding, in order.
+    fn admit(
+        &self,
+        peer: &SpiffeId,
+        head: &RequestHead,
+    ) -> Result<Admitted, (Outcome, String, Refusal)> {
+        let refused = |action: &str, r: Refusal| (Outcome::Refused, action.to_owned(), r);
+        let raw_action = format!(
+            "{} {}",
+            head.method.chars().take(16).collect::<String>(),
+            head.target.chars().take(128).collect::<String>()
+        );
+        let method = Method::parse(&head.method).map_err(|r| refused(&raw_action, r))?;
+        let target = normalize_target(&head.target).map_err(|r| refused(&raw_action, r))?;
+        let action_text = format!("{method} {}", target.path);
+        let framing = request_framing(head.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())))
+            .map_err(|r| refused(&action_text, r))?;
+        let host = head
+            .one("host")
+            .map_err(|r| refused(&action_text, r))?
+            .map(|h| String::from_utf8_lossy(h).into_owned());
+        check_authority(host.as_deref(), &self.service.to_string())
+            .map_err(|r| refused(&action_text, r))?;
+        if head
+            .one("upgrade")
+            .map_err(|r| refused(&action_text, r))?
+            .is_some()
+        {
+            return Err(refused(
+                &action_text,
+                Refusal {
+                    status: 501,
+                    reason: "protocol upgrades are not proxied".into(),
+                },
+            ));
+        }
+        let user = self
+            .verify_ticket(peer, head)
+            .map_err(|r| refused(&action_text, r))?;
+        let decision = self.policy.current().decide(&AccessRequest {
+            caller: peer,
+            callee: &self.service,
+            action: Action::Http {
+                method,
+                path: &target.path,
+            },
+            user: user.as_ref(),
+        });
+        if !decision.allowed {
+            return Err((
+                Outcome::Deny,
+                action_text,
+                Refusal {
+                    status: 403,
+                    reason: format!("denied: {}", decision.reason),
+                },
+            ));
+        }
+        let mut extra: Vec<(&'static str, Vec<u8>)> =
+            vec![("ringfence-caller", peer.as_str().as_bytes().to_vec())];
+        if let Some(u) = &user {
+            extra.push(("ringfence-user", u.subject.as_bytes().to_vec()));
+        }
+        Ok(Admitted {
+            target: target.to_origin_form(),
+            extra,
+            framing: framing.into(),
+            outcome: if decision.denied_by_policy {
+                Outcome::DryRunDeny
+            } else {
+                Outcome::Allow
+            },
+            decision_reason: decision.reason,
+            action: action_text,
+        })
+    }
+
+    /// The user a request carries, if it carries a token: the token and its call chain must
+    /// verify, with `peer` as the last hop and this workload as the callee.
+    fn verify_ticket(
+        &self,
+        peer: &SpiffeId,
+        head: &RequestHead,
+    ) -> Result<Option<UserContext>, Refusal> {
+        let unauthorized = |reason: String| Refusal {
+            status: 401,
+            reason,
+        };
+        let Some(token) = head.one(txn::TOKEN_HEADER)? else {
+            if head.one(txn::CHAIN_HEADER)?.is_some() {
+                return Err(unauthorized("a call chain without a txn-token".into()));
+            }
+            return Ok(None);
+        };
+        let token =
+            std::str::from_utf8(token).map_err(|_| unauthorized("txn-token is not text".into()))?;
+        let keys = self.tokens.as_ref().ok_or_else(|| {
+            unauthorized("this proxy has no token service keys: it accepts no txn-token".into())
+        })?;
+        let now = self.clock.now();
+        let verified = txn::verify_token(token.trim_ascii(), keys, &self.trust_domain, now)
+            .map_err(|e| unauthorized(e.to_string()))?;
+        let chain = head
+            .one(txn::CHAIN_HEADER)?
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .unwrap_or_default();
+        let links: Vec<&str> = chain
+            .split(',')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let bundle = self
+            .material
+            .borrow()
+            .as_ref()
+            .map(|m| m.bundle_der.clone())
+            .unwrap_or_default();
+        txn::verify_chain(
+            &verified,
+            &links,
+            peer,
+            &self.me,
+            &bundle,
+            &self.trust_domain,
+            now,
+        )
+        .map_err(|e| unauthorized(e.to_string()))?;
+        Ok(Some(UserContext {
+            subject: verified.subject,
+            txn: verified.txn,
+            purpose: verified.purpose,
+            ctx: verified.context,
+        }))
+    }
+
+    fn client_tls(&self, target: &SpiffeId) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(target.as_str()) {
+            return Ok(Arc::clone(c));
+        }
+        let mut cfg = ringfence_identity::tls::client_config(
+            self.material.clone(),
+            PeerPolicy::OneOf(vec![target.clone()]),
+            Arc::clone(&self.clock),
+        )?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let cfg = Arc::new(cfg);
+        clients.insert(target.as_str().to_owned(), Arc::clone(&cfg));
+        Ok(cfg)
+    }
+
+    /// Opens mTLS to one of `service`'s endpoints, trying each once, round robin.
+    async fn connect(
+        &self,
+        service: &ServiceName,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Refusal> {
+        let target = self
+            .trust_domain
+            .workload(&["ns", service.namespace(), "svc", service.name()])
+            .map_err(|e| Refusal {
+                status: 400,
+                reason: format!("{service}: {e}"),
+            })?;
+        let endpoints = self.resolver.endpoints(service).await;
+        if endpoints.is_empty() {
+            return Err(Refusal {
+                status: 503,
+                reason: format!("no endpoints for {service}"),
+            });
+        }
+        let cfg = self.client_tls(&target).map_err(|e| Refusal {
+            status: 502,
+            reason: format!("TLS setup: {e}"),
+        })?;
+        let connector = tokio_rustls::TlsConnector::from(cfg);
+        let name =
+            rustls::pki_types::ServerName::try_from(service.to_string()).map_err(|e| Refusal {
+                status: 400,
+                reason: format!("{service}: {e}"),
+            })?;
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for i in 0..endpoints.len() {
+            let Some(addr) = endpoints.get((start + i) % endpoints.len()) else {
+                continue;
+            };
+            let attempt = async {
+                let tcp = TcpStream::connect(addr).await?;
+                let _ = tcp.set_nodelay(true);
+                connector.connect(name.clone(), tcp).await
+            };
+            match tokio::time::timeout(self.limits.connect, attempt).await {
+                Ok(Ok(tls)) => return Ok(tls),
+                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                Err(_) => errors.push(format!("{addr}: timed out")),
+            }
+        }
+        Err(Refusal {
+            status: 502,
+            reason: format!(
+                "no endpoint of {service} ({target}) could be reached: {}",
+                errors.join("; ")
+            ),
+        })
+    }
+
+    /// Serves the outbound loopback listener.
+    pub async fn serve_outbound(self: Arc<Self>, listener: TcpListener) -> Result<(), MeshError> {
+        loop {
+            let (tcp, _) = listener.accept().await?;
+            let _ = tcp.set_nodelay(true);
+            let this = Arc::clone(&self);
+            tokio::spawn(async move { this.outbound_connection(Conn::new(tcp)).await });
+        }
+    }
+
+    async fn outbound_connection(&self, mut down: Conn<TcpStream>) {
+        let mut up: Option<(
+            ServiceName,
+            Conn<tokio_rustls::client::TlsStream<TcpStream>>,
+        )> = None;
+        let me = self.me.clone();
+        loop {
+            let head = match down.read_request(self.limits.idle).await {
+                Ok(Some(h)) => h,
+                Ok(None) | Err(H1Error::Io(_) | H1Error::Upstream(_)) => return,
+                Err(H1Error::Refused(r)) => {
+                    self.answer_local(&mut down, "?", &r).await;
+                    return;
+                }
+            };
+            let (service, encoded, framing) = match self.outbound_request(&head) {
+                Ok(x) => x,
+                Err((svc, r)) => {
+                    self.answer_local(&mut down, &svc, &r).await;
+                    return;
+                }
+            };
+            if up.as_ref().map(|(s, _)| s) != Some(&service) {
+                match self.connect(&service).await {
+                    Ok(tls) => up = Some((service.clone(), Conn::new(tls))),
+                    Err(r) => {
+                        self.answer_local(&mut down, &service.to_string(), &r).await;
+                        return;
+                    }
+                }
+            }
+            let Some((_, u)) = up.as_mut() else { return };
+            match exchange(&mut down, u, &head, encoded, framing, self.limits).await {
+                Ok((status, close)) => {
+                    self.telemetry
+                        .count(me.as_str(), &service.to_string(), Outcome::Allow, status);
+                    if close {
+                        return;
+                    }
+                }
+                Err(ExchangeError::BeforeResponse(e)) => {
+                    let r = Refusal {
+                        status: 502,
+                        reason: format!("{service} did not answer: {e}"),
+                    };
+                    self.answer_local(&mut down, &service.to_string(), &r).await;
+                    return;
+                }
+                Err(ExchangeError::Client(r)) => {
+                    self.answer_local(&mut down, &service.to_string(), &r).await;
+                    return;
+                }
+                Err(ExchangeError::After) => return,
+            }
+        }
+    }
+
+    async fn answer_local(&self, down: &mut Conn<TcpStream>, service: &str, r: &Refusal) {
+        let _ = down
+            .io
+            .write_all(&refusal_response(r.status, &r.reason))
+            .await;
+        let _ = down.io.shutdown().await;
+        self.telemetry
+            .count(self.me.as_str(), service, Outcome::Refused, r.status);
+    }
+
+    /// The outbound checks: the same normalizer, a `Host` that names a service, and the
+    /// call-chain link for a token.
+    fn outbound_request(
+        &self,
+        head: &RequestHead,
+    ) -> Result<(ServiceName, Vec<u8>, BodyFraming), (String, Refusal)> {
+        let q = |r| ("?".to_owned(), r);
+        Method::parse(&head.method).map_err(q)?;
+        let target = normalize_target(&head.target).map_err(q)?;
+        let framing: BodyFraming =
+            request_framing(head.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())))
+                .map_err(q)?
+                .into();
+        let host = head
+            .one("host")
+            .map_err(q)?
+            .map(|h| String::from_utf8_lossy(h).into_owned())
+            .ok_or_else(|| {
+                q(Refusal {
+                    status: 400,
+                    reason: "missing Host: name the service as <service>.<namespace>".into(),
+                })
+            })?;
+        let bare = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+        let service = ServiceName::parse(bare).map_err(|_| {
+            q(Refusal {
+                status: 400,
+                reason: format!(
+                    "Host {:?} does not name a mesh service <service>.<namespace> (lower case)",
+                    host.chars().take(64).collect::<String>()
+                ),
+            })
+        })?;
+        if head.one("upgrade").map_err(q)?.is_some() {
+            return Err(q(Refusal {
+                status: 501,
+                reason: "protocol upgrades are not proxied".into(),
+            }));
+        }
+        let mut extra: Vec<(&str, Vec<u8>)> = Vec::new();
+        if let Some(token) = head.one(txn::TOKEN_HEADER).map_err(q)? {
+            let link = self.link_for(token, &service).map_err(q)?;
+            let chain = match head.one(txn::CHAIN_HEADER).map_err(q)? {
+                Some(c) if !c.is_empty() => format!("{},{link}", String::from_utf8_lossy(c)),
+                _ => link,
+            };
+            extra.push((txn::CHAIN_HEADER, chain.into_bytes()));
+        }
+        let extra_ref: Vec<(&str, &[u8])> = extra.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+        let encoded = encode_request(
+            head,
+            &target.to_origin_form(),
+            &[txn::CHAIN_HEADER],
+            &extra_ref,
+            framing,
+        );
+        Ok((service, encoded, framing))
+    }
+
+    fn link_for(&self, token: &[u8], service: &ServiceName) -> Result<String, Refusal> {
+        let unauthorized = |reason: String| Refusal {
+            status: 401,
+            reason,
+        };
+        let token =
+            std::str::from_utf8(token).map_err(|_| unauthorized("txn-token is not text".into()))?;
+        let keys = self.tokens.as_ref().ok_or_else(|| {
+            unauthorized("this proxy has no token service keys: it forwards no txn-token".into())
+        })?;
+        let now = self.clock.now();
+        let verified = txn::verify_token(token.trim_ascii(), keys, &self.trust_domain, now)
+            .map_err(|e| unauthorized(e.to_string()))?;
+        let target = self
+            .trust_domain
+            .workload(&["ns", service.namespace(), "svc", service.name()])
+            .map_err(|e| unauthorized(e.to_string()))?;
+        let material = self
+            .material
+            .borrow()
+            .clone()
+            .ok_or_else(|| unauthorized("no SVID".into()))?;
+        txn::sign_link(&verified, &material, &target, now).map_err(|e| unauthorized(e.to_string()))
+    }
+}
+
+/// How an exchange failed.
+enum ExchangeError {
+    /// The upstream failed before a response started: the client can still be answered.
+    BeforeResponse(String),
+    /// The client's body was malformed.
+    Client(Refusal),
+    /// Something failed after the response started: close.
+    After,
+}
+
+/// Sends the request (`encoded` head, then the body of `framing`) upstream and relays the
+/// response. Returns the status and whether the connection must close.
+async fn exchange<D, U>(
+    down: &mut Conn<D>,
+    up: &mut Conn<U>,
+    head: &RequestHead,
+    encoded: Vec<u8>,
+    framing: BodyFraming,
+    limits: Limits,
+) -> Result<(u16, bool), ExchangeError>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let before = |e: std::io::Error| ExchangeError::BeforeResponse(e.to_string());
+    up.io.write_all(&encoded).await.map_err(before)?;
+    let expects_continue = head
+        .all("expect")
+        .any(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && framing != BodyFraming::Empty {
+        down.io
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(|_| ExchangeError::After)?;
+    }
+    match down.relay_body(framing, &mut up.io).await {
+        Ok(()) => {}
+        Err(H1Error::Refused(r)) => return Err(ExchangeError::Client(r)),
+        Err(e) => return Err(ExchangeError::BeforeResponse(e.to_string())),
+    }
+    up.io.flush().await.map_err(before)?;
+    let response = loop {
+        let r = up
+            .read_response(limits.response)
+            .await
+            .map_err(|e| ExchangeError::BeforeResponse(e.to_string()))?;
+        if (100..200).contains(&r.status) && r.status != 101 {
+            // Interim responses: the proxy already answered any 100-continue itself.
+            continue;
+        }
+        break r;
+    };
+    if response.status == 101 {
+        return Err(ExchangeError::BeforeResponse(
+            "the service switched protocols, which is not proxied".into(),
+        ));
+    }
+    let is_head = head.method == "HEAD";
+    let rframing = response_framing(&response, is_head)
+        .map_err(|e| ExchangeError::BeforeResponse(e.to_string()))?;
+    let close = head.wants_close()
+        || response.minor == 0
+        || rframing == BodyFraming::UntilClose
+        || response
+            .headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case(b"close"));
+    let out_framing = if rframing == BodyFraming::UntilClose {
+        BodyFraming::Chunked
+    } else {
+        rframing
+    };
+    down.io
+        .write_all(&encode_response(&response, out_framing, close))
+        .await
+        .map_err(|_| ExchangeError::After)?;
+    if rframing == BodyFraming::UntilClose {
+        // Re-frame a close-delimited body as chunks so the client knows where it ends.
+        up.relay_until_close_as_chunks(&mut down.io)
+            .await
+            .map_err(|_| ExchangeError::After)?;
+    } else {
+        up.relay_body(rframing, &mut down.io)
+            .await
+            .map_err(|_| ExchangeError::After)?;
+    }
+    down.io.flush().await.map_err(|_| ExchangeError::After)?;
+    Ok((response.status, close))
+}
