@@ -296,6 +296,10 @@ pub async fn run(jobs: usize, poll: Duration, dir: &Path) -> Result<()> {
         scratch: root.join("scratch"),
         people: None,
         clock: Arc::clone(&clock),
+        tokens: Arc::new(
+            ringfence_controlplane::server::token_service(&root.join("txn"), ca.trust_domain())
+                .map_err(anyhow::Error::msg)?,
+        ),
     };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(ringfence_controlplane::server::serve(

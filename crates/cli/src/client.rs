@@ -14,6 +14,15 @@ use crate::config::Settings;
 
 /// The Admin API of `settings.server`, if one is set.
 pub fn admin(settings: &Settings) -> Result<Option<AdminClient<Channel>>> {
+    Ok(channel(settings)?.map(|c| {
+        AdminClient::new(c)
+            .max_decoding_message_size(ringfence_api::MAX_MESSAGE)
+            .max_encoding_message_size(ringfence_api::MAX_MESSAGE)
+    }))
+}
+
+/// A channel to `settings.server` with the person's certificate, if a server is set.
+pub fn channel(settings: &Settings) -> Result<Option<Channel>> {
     let Some(server) = settings.server else {
         return Ok(None);
     };
@@ -29,12 +38,8 @@ pub fn admin(settings: &Settings) -> Result<Option<AdminClient<Channel>>> {
     })?;
     let (_, rx) = tokio::sync::watch::channel(Some(material));
     Ok(Some(
-        AdminClient::new(
-            ringfence_api::transport::control_plane_channel(server, rx, Arc::new(SystemClock))
-                .map_err(anyhow::Error::msg)?,
-        )
-        .max_decoding_message_size(ringfence_api::MAX_MESSAGE)
-        .max_encoding_message_size(ringfence_api::MAX_MESSAGE),
+        ringfence_api::transport::control_plane_channel(server, rx, Arc::new(SystemClock))
+            .map_err(anyhow::Error::msg)?,
     ))
 }
 

@@ -9,11 +9,13 @@ mod audit_cmd;
 mod bab_cmd;
 mod client;
 mod config;
+mod euc_cmd;
 mod exit;
 mod identity_cmd;
 mod job_cmd;
 mod login_cmd;
 mod machine_cmd;
+mod mesh_cmd;
 mod sandbox_cmd;
 mod secrets;
 mod server_cmd;
@@ -112,6 +114,12 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// A short-lived user certificate (/user/<name>) for your enrolled key (over `--server`)
     Login(login_cmd::LoginArgs),
+    /// The mesh sidecar: mTLS between services, a Cedar decision on every request,
+    /// transaction tokens bound to their call chain, metrics and audited denials
+    Mesh(mesh_cmd::MeshArgs),
+    /// End-user context tickets (transaction tokens): mint one, print the keys
+    #[command(subcommand)]
+    Euc(euc_cmd::EucCommand),
     /// Machines (over `--server`): list, pools, one-time join tokens
     #[command(subcommand)]
     Machine(machine_cmd::MachineCommand),
@@ -224,6 +232,8 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<u8> {
         Command::Agent(args) => agent_cmd::run(args, &settings).await,
         Command::Machine(cmd) => machine_cmd::run(cmd, &settings).await,
         Command::Login(args) => login_cmd::run(args, &settings).await,
+        Command::Mesh(args) => mesh_cmd::run(args, &settings).await,
+        Command::Euc(cmd) => euc_cmd::run(cmd, &settings).await,
         Command::Sandbox(cmd) => sandbox_cmd::run(cmd, false),
     }
 }

@@ -95,6 +95,10 @@ pub async fn run(args: ServerArgs, settings: &Settings) -> Result<u8> {
                 .unwrap_or_else(|| data.join("people.toml")),
         ),
         clock: Arc::clone(&clock),
+        tokens: Arc::new(
+            ringfence_controlplane::server::token_service(&id_dir, ca.trust_domain())
+                .map_err(anyhow::Error::msg)?,
+        ),
     };
     let (bound, server, renewer) = start(
         parts,

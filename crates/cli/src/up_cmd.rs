@@ -354,6 +354,13 @@ pub async fn run(
         scratch: data.join("server-scratch"),
         people: Some(data.join("people.toml")),
         clock: Arc::clone(&clock),
+        tokens: Arc::new(
+            ringfence_controlplane::server::token_service(
+                &data.join("identity"),
+                ca.trust_domain(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
     };
     let api_task = match crate::server_cmd::start(
         parts,

@@ -25,7 +25,7 @@ use std::io::Read as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use ringfence_core::{SystemClock, TrustDomain};
 use ringfence_identity::files;
 use ringfence_identity::workload_api::X509Material;
 use ringfence_provenance::statement::Sha256;
+use ringfence_test_util::process::{Proc, wait_for};
 use serde_json::Value;
 
 const TD: &str = "acme.test";
@@ -46,79 +47,6 @@ const SVID_TTL_S: u64 = 8;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ringfence")
-}
-
-/// A process this test started, stopped by its PID when dropped.
-struct Proc {
-    child: Child,
-    name: String,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, log_dir: &Path, cmd: &mut Command) -> Self {
-        let log = log_dir.join(format!("{name}.log"));
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = cmd
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Self {
-            child,
-            name: name.into(),
-            log,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&mut self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([sig, &self.pid().to_string()])
-            .status();
-    }
-
-    /// SIGKILL, and reap it.
-    fn kill9(&mut self) {
-        self.signal("-KILL");
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then wait for it (SIGKILL after 20 s).
-    fn stop(&mut self) -> std::process::ExitStatus {
-        self.signal("-TERM");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            if Instant::now() > deadline {
-                self.kill9();
-                panic!("{} did not stop on SIGTERM:\n{}", self.name, self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.kill9();
-        }
-    }
 }
 
 fn ip(args: &[&str]) {
@@ -360,17 +288,6 @@ impl Scenario {
 
 fn ns_host_ip(ns: &Netns) -> std::net::IpAddr {
     ns.host_ip.parse().unwrap()
-}
-
-fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// py-spiffe's view of `socket`: the SPIFFE ID and the SVID's expiry (Unix seconds).

@@ -25,6 +25,7 @@ use ringfence_api::pb::admin_server::{Admin, AdminServer};
 use ringfence_api::pb::discovery_server::{Discovery, DiscoveryServer};
 use ringfence_api::pb::node_server::{Node, NodeServer};
 use ringfence_api::pb::people_server::{People as PeopleApiTrait, PeopleServer};
+use ringfence_api::pb::tokens_server::{Tokens as TokensApiTrait, TokensServer};
 use ringfence_api::transport::{OptionalClientAuth, Peer, incoming};
 use ringfence_audit::{AuditSink, Decision, Event};
 use ringfence_bab::artifacts::{ArtifactError, ArtifactStore};
@@ -72,6 +73,8 @@ pub struct ServerParts {
     pub people: Option<PathBuf>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// The transaction-token service key.
+    pub tokens: Arc<ringfence_identity::txn::TokenService>,
 }
 
 impl std::fmt::Debug for ServerParts {
@@ -1108,6 +1111,132 @@ impl PeopleApiTrait for PeopleApi {
     }
 }
 
+/// The transaction-token service key in `dir/txn-token-key.pk8` (PKCS#8, mode 0600), made on
+/// first use.
+pub fn token_service(
+    dir: &std::path::Path,
+    td: &TrustDomain,
+) -> Result<ringfence_identity::txn::TokenService, String> {
+    use ringfence_identity::txn::TokenService;
+    let path = dir.join("txn-token-key.pk8");
+    match std::fs::read(&path) {
+        Ok(der) => TokenService::from_pkcs8(td.clone(), &der)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let service = TokenService::generate(td.clone()).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            f.write_all(service.pkcs8())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(service)
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// The Tokens service.
+struct TokensApi(Arc<State>);
+
+/// The most context entries a minted token may carry.
+pub const MAX_TOKEN_CONTEXT: usize = 16;
+
+impl State {
+    async fn mint_token(
+        &self,
+        user: String,
+        body: pb::MintTokenRequest,
+    ) -> Result<pb::MintTokenReply, Status> {
+        use ringfence_identity::txn;
+        let for_workload = SpiffeId::parse(&body.for_workload)
+            .map_err(|e| Status::invalid_argument(format!("for_workload: {e}")))?;
+        if body.context.len() > MAX_TOKEN_CONTEXT
+            || body
+                .context
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 256)
+        {
+            return Err(Status::invalid_argument(format!(
+                "context: at most {MAX_TOKEN_CONTEXT} entries, keys 1 to 64 bytes, values up to 256"
+            )));
+        }
+        let ttl = match body.ttl_seconds {
+            0 => txn::DEFAULT_TTL,
+            s => Duration::from_secs(u64::from(s)),
+        };
+        let now = self.parts.clock.now();
+        let req = txn::MintRequest {
+            subject: user.clone(),
+            for_workload: for_workload.clone(),
+            purpose: (!body.purpose.is_empty()).then_some(body.purpose),
+            context: body.context.into_iter().collect(),
+            ttl,
+        };
+        let token = self
+            .parts
+            .tokens
+            .mint(&req, now)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let actor = self
+            .td
+            .workload(&["user", &user])
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.record(Event::new(
+            now,
+            actor,
+            "txn.mint",
+            for_workload.to_string(),
+            Decision::Allow,
+            format!("transaction token for {user}, {} s", ttl.as_secs()),
+        ))
+        .await?;
+        Ok(pb::MintTokenReply {
+            token,
+            expires_at: now.saturating_add(ttl).as_secs(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl TokensApiTrait for TokensApi {
+    async fn mint(
+        &self,
+        req: Request<pb::MintTokenRequest>,
+    ) -> Result<Response<pb::MintTokenReply>, Status> {
+        let r = match self.0.user_of(&req) {
+            Ok(user) => self.0.mint_token(user, req.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        self.0.metrics.observe("Tokens/Mint", &r);
+        r.map(Response::new)
+    }
+
+    async fn keys(
+        &self,
+        req: Request<pb::TokenKeysRequest>,
+    ) -> Result<Response<pb::TokenKeysReply>, Status> {
+        let r = match Peer::of(&req) {
+            Some(p) if p.is_member_of(&self.0.td) => Ok(pb::TokenKeysReply {
+                jwks: self.0.parts.tokens.jwks(),
+            }),
+            Some(p) => Err(Status::permission_denied(format!(
+                "{p} is not of {}",
+                self.0.td
+            ))),
+            None => Err(Status::unauthenticated("token keys need an SVID")),
+        };
+        self.0.metrics.observe("Tokens/Keys", &r);
+        r.map(Response::new)
+    }
+}
+
 /// The Admin service.
 struct AdminApi(Arc<State>);
 
@@ -1503,6 +1632,7 @@ pub async fn serve(
                 .max_encoding_message_size(ringfence_api::MAX_MESSAGE),
         )
         .add_service(DiscoveryServer::new(DiscoveryApi(Arc::clone(&state))))
+        .add_service(TokensServer::new(TokensApi(Arc::clone(&state))))
         .add_service(
             PeopleServer::new(PeopleApi(Arc::clone(&state)))
                 .max_decoding_message_size(ringfence_api::MAX_MESSAGE),

@@ -198,6 +198,32 @@ impl MeshConfig {
         Ok(cfg)
     }
 
+    /// Checks what can be checked without listening: the SVID, the policy and the keys.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        ringfence_identity::files::load(&self.identity.svid_dir).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "identity {}: {e}",
+                self.identity.svid_dir.display()
+            ))
+        })?;
+        self.load_policy()?;
+        self.load_tokens()?;
+        Ok(())
+    }
+
+    fn load_tokens(&self) -> Result<Option<JwtBundle>, ConfigError> {
+        match &self.tokens.jwks {
+            None => Ok(None),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", p.display())))?;
+                JwtBundle::parse(&text)
+                    .map(Some)
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", p.display())))
+            }
+        }
+    }
+
     fn load_policy(&self) -> Result<AccessPolicy, ConfigError> {
         match &self.policy.file {
             None => Ok(AccessPolicy::empty(
@@ -284,17 +310,7 @@ pub async fn run(
             }
         });
     }
-    let tokens = match &cfg.tokens.jwks {
-        None => None,
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", p.display())))?;
-            Some(
-                JwtBundle::parse(&text)
-                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", p.display())))?,
-            )
-        }
-    };
+    let tokens = cfg.load_tokens()?;
     let telemetry = match &cfg.telemetry.audit_spool {
         Some(path) => {
             let spool = ringfence_audit::Spool::open(path).await.map_err(|e| {

@@ -15,6 +15,7 @@
 pub mod conformance;
 pub mod etcd;
 pub mod probe;
+pub mod process;
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> std::io::Result<u16> {
