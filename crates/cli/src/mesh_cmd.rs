@@ -12,25 +12,25 @@ use crate::exit;
 #[derive(Debug, Args)]
 pub struct MeshArgs {
     /// The proxy's configuration (TOML; docs/mesh.md)
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
     /// Check the configuration and the policy, then exit
     #[arg(long)]
     check: bool,
 }
 
 pub async fn run(args: MeshArgs, _settings: &Settings) -> Result<u8> {
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("cannot read {}", args.config.display()))?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
     let base = args
-        .config
+        .file
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
     let cfg = MeshConfig::parse(&text, &base)?;
     if args.check {
         cfg.check()?;
-        println!("{}: ok", args.config.display());
+        println!("{}: ok", args.file.display());
         return Ok(exit::SUCCESS);
     }
     let mut stop = crate::stop_on_signals()?;
