@@ -10,6 +10,8 @@
 #   iproute2           `ip`, which creates a sandbox's veth pair (--net veth:...) and the
 #                      network suite's namespaces
 #   util-linux         `setpriv`, which runs a Workload API client under another uid in tests
+#   curl               the HTTP client the mesh's end-to-end test calls through the proxies
+#   nginx-light, wrk   the mesh benchmark's peer proxy pair and backend, and its load generator
 # and, from PyPI, py-spiffe (`spiffe`), the Python SPIFFE Workload API client the identity
 # tests talk to, securesystemslib, the DSSE reference implementation, and in-toto-attestation,
 # the in-toto attestation framework's bindings (Statement v1, SLSA Provenance v1).
@@ -33,6 +35,9 @@ command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v crun >/dev/null 2>&1 || need+=(crun)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
 fi
 
 if [ "${#need[@]}" -gt 0 ]; then

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod h1;
+pub mod h2;
 pub mod proxy;
 pub mod telemetry;
 

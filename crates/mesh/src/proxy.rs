@@ -109,7 +109,10 @@ impl Default for Limits {
 }
 
 /// Fields the caller may not set: the inbound proxy sets them from what it verified.
-const OWN_FIELDS: [&str; 2] = ["ringfence-caller", "ringfence-user"];
+pub(crate) const OWN_FIELDS: [&str; 2] = ["ringfence-caller", "ringfence-user"];
+
+/// A client TLS configuration's key: the SPIFFE ID it accepts and the ALPN it offers.
+type ClientKey = (String, &'static [u8]);
 
 /// One proxy: its identity, policy, keys and counters.
 #[derive(Debug)]
@@ -125,7 +128,8 @@ pub struct Mesh {
     clock: Arc<dyn Clock>,
     limits: Limits,
     next: AtomicUsize,
-    clients: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
+    clients: Mutex<HashMap<ClientKey, Arc<rustls::ClientConfig>>>,
+    h2_upstreams: Mutex<HashMap<String, Arc<crate::h2::Upstream>>>,
 }
 
 /// What a proxy is built from.
@@ -200,6 +204,7 @@ impl Mesh {
             limits: parts.limits,
             next: AtomicUsize::new(0),
             clients: Mutex::new(HashMap::new()),
+            h2_upstreams: Mutex::new(HashMap::new()),
         })
     }
 
@@ -221,6 +226,31 @@ impl Mesh {
     /// The policy handle.
     pub fn policy(&self) -> &PolicyHandle {
         &self.policy
+    }
+
+    /// The timeouts.
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// A `mesh.request` event by `peer`.
+    pub(crate) fn audit_event(
+        &self,
+        peer: &SpiffeId,
+        target: String,
+        decision: AuditDecision,
+        reason: &str,
+    ) -> Event {
+        self.event(peer, "mesh.request", target, decision, reason)
+    }
+
+    /// The shared HTTP/2 connection to `service`.
+    pub(crate) fn h2_upstream(&self, service: &ServiceName) -> Arc<crate::h2::Upstream> {
+        let mut m = self
+            .h2_upstreams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(m.entry(service.to_string()).or_default())
     }
 
     fn event(
@@ -249,7 +279,7 @@ impl Mesh {
             PeerPolicy::AnyInTrustDomain,
             Arc::clone(&self.clock),
         )?;
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(cfg)
     }
 
@@ -275,8 +305,12 @@ impl Mesh {
                             .and_then(|c| c.first())
                             .and_then(spiffe_id_of);
                         let Some(peer) = peer else { return };
-                        this.inbound_connection(Conn::new(tls), &peer, forward)
-                            .await;
+                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            this.inbound_h2(tls, peer, forward).await;
+                        } else {
+                            this.inbound_connection(Conn::new(tls), &peer, forward)
+                                .await;
+                        }
                     }
                     Ok(Err(e)) => this.handshake_refused(addr, &e.to_string()),
                     Err(_) => this.handshake_refused(addr, "handshake not completed in time"),
@@ -468,8 +502,10 @@ impl Mesh {
                 },
             ));
         }
-        let user = self
-            .verify_ticket(peer, head)
+        let user = head
+            .one(txn::TOKEN_HEADER)
+            .and_then(|t| Ok((t, head.one(txn::CHAIN_HEADER)?)))
+            .and_then(|(t, c)| self.verify_ticket(peer, t, c))
             .map_err(|r| refused(&action_text, r))?;
         let decision = self.policy.current().decide(&AccessRequest {
             caller: peer,
@@ -511,17 +547,18 @@ impl Mesh {
 
     /// The user a request carries, if it carries a token: the token and its call chain must
     /// verify, with `peer` as the last hop and this workload as the callee.
-    fn verify_ticket(
+    pub(crate) fn verify_ticket(
         &self,
         peer: &SpiffeId,
-        head: &RequestHead,
+        token: Option<&[u8]>,
+        chain: Option<&[u8]>,
     ) -> Result<Option<UserContext>, Refusal> {
         let unauthorized = |reason: String| Refusal {
             status: 401,
             reason,
         };
-        let Some(token) = head.one(txn::TOKEN_HEADER)? else {
-            if head.one(txn::CHAIN_HEADER)?.is_some() {
+        let Some(token) = token else {
+            if chain.is_some() {
                 return Err(unauthorized("a call chain without a txn-token".into()));
             }
             return Ok(None);
@@ -534,8 +571,7 @@ impl Mesh {
         let now = self.clock.now();
         let verified = txn::verify_token(token.trim_ascii(), keys, &self.trust_domain, now)
             .map_err(|e| unauthorized(e.to_string()))?;
-        let chain = head
-            .one(txn::CHAIN_HEADER)?
+        let chain = chain
             .map(|c| String::from_utf8_lossy(c).into_owned())
             .unwrap_or_default();
         let links: Vec<&str> = chain
@@ -567,12 +603,17 @@ impl Mesh {
         }))
     }
 
-    fn client_tls(&self, target: &SpiffeId) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    fn client_tls(
+        &self,
+        target: &SpiffeId,
+        alpn: &'static [u8],
+    ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
         let mut clients = self
             .clients
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = clients.get(target.as_str()) {
+        let key = (target.as_str().to_owned(), alpn);
+        if let Some(c) = clients.get(&key) {
             return Ok(Arc::clone(c));
         }
         let mut cfg = ringfence_identity::tls::client_config(
@@ -580,16 +621,26 @@ impl Mesh {
             PeerPolicy::OneOf(vec![target.clone()]),
             Arc::clone(&self.clock),
         )?;
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = vec![alpn.to_vec()];
         let cfg = Arc::new(cfg);
-        clients.insert(target.as_str().to_owned(), Arc::clone(&cfg));
+        clients.insert(key, Arc::clone(&cfg));
         Ok(cfg)
     }
 
-    /// Opens mTLS to one of `service`'s endpoints, trying each once, round robin.
+    /// Opens mTLS (HTTP/1.1) to one of `service`'s endpoints, trying each once, round robin.
     async fn connect(
         &self,
         service: &ServiceName,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Refusal> {
+        self.connect_alpn(service, b"http/1.1").await
+    }
+
+    /// Opens mTLS offering `alpn` to one of `service`'s endpoints, trying each once, round
+    /// robin.
+    pub(crate) async fn connect_alpn(
+        &self,
+        service: &ServiceName,
+        alpn: &'static [u8],
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Refusal> {
         let target = self
             .trust_domain
@@ -605,7 +656,7 @@ impl Mesh {
                 reason: format!("no endpoints for {service}"),
             });
         }
-        let cfg = self.client_tls(&target).map_err(|e| Refusal {
+        let cfg = self.client_tls(&target, alpn).map_err(|e| Refusal {
             status: 502,
             reason: format!("TLS setup: {e}"),
         })?;
@@ -647,7 +698,13 @@ impl Mesh {
             let (tcp, _) = listener.accept().await?;
             let _ = tcp.set_nodelay(true);
             let this = Arc::clone(&self);
-            tokio::spawn(async move { this.outbound_connection(Conn::new(tcp)).await });
+            tokio::spawn(async move {
+                if starts_with_h2_preface(&tcp).await {
+                    this.outbound_h2(tcp).await;
+                } else {
+                    this.outbound_connection(Conn::new(tcp)).await;
+                }
+            });
         }
     }
 
@@ -777,7 +834,7 @@ impl Mesh {
         Ok((service, encoded, framing))
     }
 
-    fn link_for(&self, token: &[u8], service: &ServiceName) -> Result<String, Refusal> {
+    pub(crate) fn link_for(&self, token: &[u8], service: &ServiceName) -> Result<String, Refusal> {
         let unauthorized = |reason: String| Refusal {
             status: 401,
             reason,
@@ -800,6 +857,27 @@ impl Mesh {
             .clone()
             .ok_or_else(|| unauthorized("no SVID".into()))?;
         txn::sign_link(&verified, &material, &target, now).map_err(|e| unauthorized(e.to_string()))
+    }
+}
+
+/// Whether the client opened with the HTTP/2 preface (prior knowledge), looking without
+/// reading.
+async fn starts_with_h2_preface(tcp: &TcpStream) -> bool {
+    let mut buf = [0u8; 24];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        let seen = buf.get(..n).unwrap_or_default();
+        if n == 0 || !crate::h2::PREFACE.starts_with(seen) {
+            return false;
+        }
+        if n == crate::h2::PREFACE.len() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
