@@ -7,6 +7,7 @@ mod admission;
 mod audit;
 mod identity;
 mod lifecycle;
+mod mesh;
 mod sandbox;
 mod stats;
 mod store;
@@ -82,6 +83,15 @@ enum Bench {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// The mesh proxy pair beside an nginx pair doing the same mTLS, and a direct call, with
+    /// one nginx backend: latency at 1,000 requests/s with 1 KB bodies, proxies' CPU and RSS,
+    /// most requests/s and requests per proxy core (needs nginx and wrk; build `ringfence`
+    /// first: cargo build --release -p ringfence-cli)
+    Mesh {
+        /// Seconds of the fixed-rate phase
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// X.509-SVIDs issued per second end to end (CSR checks + signing + audit append), a
     /// burst re-issue, and the P-256 sign/verify ceiling in the same run
     Identity {
@@ -115,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             key_type,
         } => admission::run(seconds, jobs, key_type),
         Bench::Sandbox { runs } => sandbox::run(runs),
+        Bench::Mesh { seconds } => runtime.block_on(mesh::run(seconds)),
         Bench::Lifecycle { jobs, poll, dir } => runtime.block_on(lifecycle::run(jobs, poll, &dir)),
     }
 }

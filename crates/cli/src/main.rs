@@ -193,10 +193,21 @@ fn main() -> ExitCode {
         }
         other => other,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The mesh proxy runs on as many threads as it is told (one by default: a sidecar's
+    // requests per core are best without work stealing); everything else on one per core.
+    let runtime = match &command {
+        Command::Mesh(args) if args.threads() == 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Command::Mesh(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads())
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

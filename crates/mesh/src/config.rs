@@ -8,9 +8,24 @@
 //! [inbound]                             # beside the called service
 //! listen = "0.0.0.0:15443"
 //! forward = "127.0.0.1:8080"
+//! tcp_forward = "127.0.0.1:5432"        # raw TCP connections from the mesh (default: forward)
 //!
 //! [outbound]                            # beside the caller: http://<service>.<namespace>/...
 //! listen = "127.0.0.1:15001"
+//!
+//! [[tcp]]                               # raw TCP to a meshed service, from a loopback port
+//! listen = "127.0.0.1:15432"
+//! service = "db.shop"
+//!
+//! [[egress]]                            # plain TCP out of the mesh, where policy permits
+//! listen = "127.0.0.1:15433"
+//! name = "postgres.external"            # the Cedar resource: Service::"postgres.external"
+//! to = ["10.0.0.5:5432"]
+//!
+//! [[ingress]]                           # plain TCP from non-mesh clients, on this port only
+//! listen = "0.0.0.0:8081"
+//! forward = "127.0.0.1:8080"
+//! allow_from = ["10.0.0.0/8"]
 //!
 //! [endpoints]                           # where services are (until discovery is configured)
 //! "orders.shop" = ["10.0.0.2:15443"]
@@ -57,6 +72,15 @@ pub struct MeshConfig {
     pub inbound: Option<InboundConfig>,
     /// The outbound listener.
     pub outbound: Option<OutboundConfig>,
+    /// Raw TCP ports to meshed services.
+    #[serde(default)]
+    pub tcp: Vec<TcpConfig>,
+    /// Plain TCP ports to destinations outside the mesh.
+    #[serde(default)]
+    pub egress: Vec<EgressConfig>,
+    /// Plain ports for clients outside the mesh.
+    #[serde(default)]
+    pub ingress: Vec<IngressConfig>,
     /// Static endpoints, `"<service>.<namespace>" = ["addr:port", ...]`.
     #[serde(default)]
     pub endpoints: HashMap<String, Vec<SocketAddr>>,
@@ -88,6 +112,42 @@ pub struct InboundConfig {
     pub listen: SocketAddr,
     /// The service's local port.
     pub forward: SocketAddr,
+    /// Where raw TCP connections from the mesh go (default: `forward`).
+    pub tcp_forward: Option<SocketAddr>,
+}
+
+/// A loopback port for raw TCP to one meshed service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    /// A loopback address.
+    pub listen: SocketAddr,
+    /// `<service>.<namespace>`.
+    pub service: String,
+}
+
+/// A loopback port for plain TCP to a destination outside the mesh.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// A loopback address.
+    pub listen: SocketAddr,
+    /// The destination's name in policy, `<name>.<namespace>` (e.g. `postgres.external`).
+    pub name: String,
+    /// Its addresses, tried in order.
+    pub to: Vec<SocketAddr>,
+}
+
+/// A plain port for clients outside the mesh.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressConfig {
+    /// Where such clients connect.
+    pub listen: SocketAddr,
+    /// The service's local port.
+    pub forward: SocketAddr,
+    /// Client networks let in (`10.0.0.0/8`, `192.0.2.7`); required.
+    pub allow_from: Vec<String>,
 }
 
 /// The outbound listener.
@@ -186,9 +246,54 @@ impl MeshConfig {
                 o.listen
             )));
         }
-        if cfg.inbound.is_none() && cfg.outbound.is_none() {
+        for (what, listen) in cfg
+            .tcp
+            .iter()
+            .map(|t| ("tcp", t.listen))
+            .chain(cfg.egress.iter().map(|e| ("egress", e.listen)))
+        {
+            if !listen.ip().is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "{what}.listen {listen} is not a loopback address: it is for the local workload only"
+                )));
+            }
+        }
+        for t in &cfg.tcp {
+            ringfence_policy::ServiceName::parse(&t.service)
+                .map_err(|e| ConfigError::Invalid(format!("tcp.service: {e}")))?;
+        }
+        for e in &cfg.egress {
+            ringfence_policy::ServiceName::parse(&e.name)
+                .map_err(|err| ConfigError::Invalid(format!("egress.name: {err}")))?;
+            if e.to.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "egress {}: `to` lists no address",
+                    e.name
+                )));
+            }
+        }
+        for i in &cfg.ingress {
+            if i.allow_from.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "ingress {}: allow_from is empty: list the client networks to let in (0.0.0.0/0 for any)",
+                    i.listen
+                )));
+            }
+            for c in &i.allow_from {
+                crate::tcp::Cidr::parse(c).map_err(|e| {
+                    ConfigError::Invalid(format!("ingress {}: allow_from: {e}", i.listen))
+                })?;
+            }
+        }
+        if cfg.inbound.is_none()
+            && cfg.outbound.is_none()
+            && cfg.tcp.is_empty()
+            && cfg.egress.is_empty()
+            && cfg.ingress.is_empty()
+        {
             return Err(ConfigError::Invalid(
-                "nothing to do: configure [inbound], [outbound] or both".into(),
+                "nothing to do: configure [inbound], [outbound], [[tcp]], [[egress]] or [[ingress]]"
+                    .into(),
             ));
         }
         for name in cfg.endpoints.keys() {
@@ -241,7 +346,7 @@ impl MeshConfig {
 }
 
 /// What the runner bound.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Bound {
     /// The inbound address.
     pub inbound: Option<SocketAddr>,
@@ -249,6 +354,12 @@ pub struct Bound {
     pub outbound: Option<SocketAddr>,
     /// The metrics address.
     pub metrics: Option<SocketAddr>,
+    /// The raw TCP addresses, in the file's order.
+    pub tcp: Vec<SocketAddr>,
+    /// The egress addresses.
+    pub egress: Vec<SocketAddr>,
+    /// The ingress addresses.
+    pub ingress: Vec<SocketAddr>,
 }
 
 fn modified(p: &Path) -> Option<SystemTime> {
@@ -334,13 +445,51 @@ pub async fn run(
         inbound: None,
         outbound: None,
         metrics: None,
+        tcp: Vec::new(),
+        egress: Vec::new(),
+        ingress: Vec::new(),
+    };
+    let bind = |addr: SocketAddr, what: String| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| ConfigError::Invalid(format!("{what} {addr}: {e}")))
     };
     if let Some(i) = &cfg.inbound {
         let l = TcpListener::bind(i.listen)
             .await
             .map_err(crate::MeshError::from)?;
         b.inbound = Some(l.local_addr().map_err(crate::MeshError::from)?);
-        tasks.spawn(Arc::clone(&mesh).serve_inbound(l, i.forward));
+        tasks.spawn(Arc::clone(&mesh).serve_inbound_split(
+            l,
+            i.forward,
+            i.tcp_forward.unwrap_or(i.forward),
+        ));
+    }
+    for t in &cfg.tcp {
+        let l = bind(t.listen, format!("tcp {}", t.service)).await?;
+        b.tcp.push(l.local_addr().map_err(crate::MeshError::from)?);
+        let service = ringfence_policy::ServiceName::parse(&t.service)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        tasks.spawn(Arc::clone(&mesh).serve_tcp(l, service));
+    }
+    for e in &cfg.egress {
+        let l = bind(e.listen, format!("egress {}", e.name)).await?;
+        b.egress
+            .push(l.local_addr().map_err(crate::MeshError::from)?);
+        let name = ringfence_policy::ServiceName::parse(&e.name)
+            .map_err(|err| ConfigError::Invalid(err.to_string()))?;
+        tasks.spawn(Arc::clone(&mesh).serve_egress(l, name, e.to.clone()));
+    }
+    for i in &cfg.ingress {
+        let l = bind(i.listen, "ingress".to_owned()).await?;
+        b.ingress
+            .push(l.local_addr().map_err(crate::MeshError::from)?);
+        let allow = i
+            .allow_from
+            .iter()
+            .map(|c| crate::tcp::Cidr::parse(c).map_err(ConfigError::Invalid))
+            .collect::<Result<Vec<_>, _>>()?;
+        tasks.spawn(Arc::clone(&mesh).serve_ingress(l, i.forward, allow));
     }
     if let Some(o) = &cfg.outbound {
         let l = TcpListener::bind(o.listen)
@@ -359,6 +508,9 @@ pub async fn run(
         inbound = ?b.inbound,
         outbound = ?b.outbound,
         metrics = ?b.metrics,
+        tcp = ?b.tcp,
+        egress = ?b.egress,
+        ingress = ?b.ingress,
         mode = ?cfg.policy.mode,
         default_deny = cfg.policy.default_deny,
         "mesh proxy listening"

@@ -258,6 +258,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .map_err(|_| H1Error::Upstream(format!("no response within {wait:?}")))?
     }
 
+    /// The whole body, when `framing` is a length the buffer already holds (or no body), so
+    /// that head and body can go out in one write.
+    pub fn take_buffered_body(&mut self, framing: BodyFraming) -> Option<BytesMut> {
+        match framing {
+            BodyFraming::Empty => Some(BytesMut::new()),
+            BodyFraming::Length(n) => {
+                let n = usize::try_from(n).ok()?;
+                (self.buf.len() >= n).then(|| self.buf.split_to(n))
+            }
+            BodyFraming::Chunked | BodyFraming::UntilClose => None,
+        }
+    }
+
     /// Relays a body of `framing` from this connection to `out` (re-framed the same way).
     pub async fn relay_body<W: AsyncWrite + Unpin>(
         &mut self,

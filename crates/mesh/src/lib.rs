@@ -9,7 +9,9 @@ pub mod config;
 pub mod h1;
 pub mod h2;
 pub mod proxy;
+pub mod tcp;
 pub mod telemetry;
 
 pub use proxy::{Limits, Mesh, MeshError, MeshParts, PolicyHandle, Resolver, StaticResolver};
+pub use tcp::Cidr;
 pub use telemetry::{Outcome, Telemetry};

@@ -253,7 +253,7 @@ impl Mesh {
         Arc::clone(m.entry(service.to_string()).or_default())
     }
 
-    fn event(
+    pub(crate) fn event(
         &self,
         actor: &SpiffeId,
         action: &str,
@@ -279,15 +279,31 @@ impl Mesh {
             PeerPolicy::AnyInTrustDomain,
             Arc::clone(&self.clock),
         )?;
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg.alpn_protocols = vec![
+            b"h2".to_vec(),
+            b"http/1.1".to_vec(),
+            crate::tcp::ALPN_TCP.to_vec(),
+        ];
         Ok(cfg)
     }
 
-    /// Serves inbound mTLS on `listener`, forwarding admitted requests to `forward`.
+    /// Serves inbound mTLS on `listener`, forwarding admitted requests and raw TCP
+    /// connections to `forward`.
     pub async fn serve_inbound(
         self: Arc<Self>,
         listener: TcpListener,
         forward: SocketAddr,
+    ) -> Result<(), MeshError> {
+        self.serve_inbound_split(listener, forward, forward).await
+    }
+
+    /// Serves inbound mTLS on `listener`: HTTP to `forward`, admitted raw TCP connections
+    /// (ALPN `ringfence-tcp`) to `tcp_forward`.
+    pub async fn serve_inbound_split(
+        self: Arc<Self>,
+        listener: TcpListener,
+        forward: SocketAddr,
+        tcp_forward: SocketAddr,
     ) -> Result<(), MeshError> {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(self.inbound_tls()?));
         loop {
@@ -305,11 +321,15 @@ impl Mesh {
                             .and_then(|c| c.first())
                             .and_then(spiffe_id_of);
                         let Some(peer) = peer else { return };
-                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            this.inbound_h2(tls, peer, forward).await;
-                        } else {
-                            this.inbound_connection(Conn::new(tls), &peer, forward)
-                                .await;
+                        match tls.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => this.inbound_h2(tls, peer, forward).await,
+                            Some(crate::tcp::ALPN_TCP) => {
+                                this.inbound_tcp(tls, peer, tcp_forward).await;
+                            }
+                            _ => {
+                                this.inbound_connection(Conn::new(tls), &peer, forward)
+                                    .await;
+                            }
                         }
                     }
                     Ok(Err(e)) => this.handshake_refused(addr, &e.to_string()),
@@ -906,20 +926,28 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let before = |e: std::io::Error| ExchangeError::BeforeResponse(e.to_string());
-    up.io.write_all(&encoded).await.map_err(before)?;
-    let expects_continue = head
-        .all("expect")
-        .any(|v| v.eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue && framing != BodyFraming::Empty {
-        down.io
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .map_err(|_| ExchangeError::After)?;
+    // A small body that came with the head goes out with it, in one write (one TLS record).
+    let mut encoded = encoded;
+    let whole = down.take_buffered_body(framing);
+    if let Some(body) = &whole {
+        encoded.extend_from_slice(body);
     }
-    match down.relay_body(framing, &mut up.io).await {
-        Ok(()) => {}
-        Err(H1Error::Refused(r)) => return Err(ExchangeError::Client(r)),
-        Err(e) => return Err(ExchangeError::BeforeResponse(e.to_string())),
+    up.io.write_all(&encoded).await.map_err(before)?;
+    if whole.is_none() {
+        let expects_continue = head
+            .all("expect")
+            .any(|v| v.eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            down.io
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .map_err(|_| ExchangeError::After)?;
+        }
+        match down.relay_body(framing, &mut up.io).await {
+            Ok(()) => {}
+            Err(H1Error::Refused(r)) => return Err(ExchangeError::Client(r)),
+            Err(e) => return Err(ExchangeError::BeforeResponse(e.to_string())),
+        }
     }
     up.io.flush().await.map_err(before)?;
     let response = loop {
@@ -953,11 +981,18 @@ where
     } else {
         rframing
     };
+    let mut encoded = encode_response(&response, out_framing, close);
+    let whole = up.take_buffered_body(rframing);
+    if let Some(body) = &whole {
+        encoded.extend_from_slice(body);
+    }
     down.io
-        .write_all(&encode_response(&response, out_framing, close))
+        .write_all(&encoded)
         .await
         .map_err(|_| ExchangeError::After)?;
-    if rframing == BodyFraming::UntilClose {
+    if whole.is_some() {
+        // Sent with the head.
+    } else if rframing == BodyFraming::UntilClose {
         // Re-frame a close-delimited body as chunks so the client knows where it ends.
         up.relay_until_close_as_chunks(&mut down.io)
             .await

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
@@ -199,14 +200,70 @@ pub struct AccessPolicy {
     named: HashSet<String>,
     /// Whether some policy applies to every service (resource unconstrained or by type).
     covers_all: bool,
+    /// Each policy's `@id("…")`, read once (looking it up parses the key every time).
+    labels: HashMap<String, String>,
+    /// The entities of recent (caller, callee, action) triples: they follow from the names
+    /// alone, and building them (with Cedar's transitive closure) is most of a decision.
+    entities: EntityCache,
     mode: Mode,
     default_deny: bool,
 }
 
-fn uid(ty: &str, id: &str) -> EntityUid {
-    // Type names here are constants that parse.
+type EntityKey = (String, String, &'static str);
+
+/// A bounded cache of built entity sets; a clone starts empty.
+#[derive(Debug, Default)]
+struct EntityCache(std::sync::Mutex<HashMap<EntityKey, Arc<Entities>>>);
+
+/// Entries kept before the cache starts over.
+const ENTITY_CACHE_MAX: usize = 4096;
+
+impl Clone for EntityCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl EntityCache {
+    fn get(&self, key: &EntityKey) -> Option<Arc<Entities>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    fn put(&self, key: EntityKey, value: Arc<Entities>) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.len() >= ENTITY_CACHE_MAX {
+            m.clear();
+        }
+        m.insert(key, value);
+    }
+}
+
+/// The entity types, parsed once: Cedar's parser is far too slow to run on every request.
+static TYPES: std::sync::LazyLock<[(&str, EntityTypeName); 3]> = std::sync::LazyLock::new(|| {
     #[expect(clippy::expect_used, reason = "constant type names parse")]
-    let ty = EntityTypeName::from_str(ty).expect("constant entity type name");
+    let t = |n: &'static str| {
+        (
+            n,
+            EntityTypeName::from_str(n).expect("constant entity type name"),
+        )
+    };
+    [t("Workload"), t("Service"), t("Action")]
+});
+
+fn uid(ty: &str, id: &str) -> EntityUid {
+    let ty = TYPES.iter().find(|(n, _)| *n == ty).map(|(_, t)| t.clone());
+    #[expect(
+        clippy::expect_used,
+        reason = "uid is only called with the types above"
+    )]
+    let ty = ty.expect("one of the entity types");
     EntityUid::from_type_name_and_id(ty, EntityId::new(id))
 }
 
@@ -222,7 +279,11 @@ impl AccessPolicy {
         }
         let mut named = HashSet::new();
         let mut covers_all = false;
+        let mut labels = HashMap::new();
         for p in set.policies() {
+            if let Some(label) = p.annotation("id") {
+                labels.insert(p.id().to_string(), label.to_owned());
+            }
             match p.resource_constraint() {
                 ResourceConstraint::Eq(u) if u.type_name().to_string() == "Service" => {
                     named.insert(u.id().unescaped().to_owned());
@@ -234,6 +295,8 @@ impl AccessPolicy {
             set,
             named,
             covers_all,
+            labels,
+            entities: EntityCache::default(),
             mode,
             default_deny,
         })
@@ -245,6 +308,8 @@ impl AccessPolicy {
             set: PolicySet::new(),
             named: HashSet::new(),
             covers_all: false,
+            labels: HashMap::new(),
+            entities: EntityCache::default(),
             mode,
             default_deny,
         }
@@ -262,8 +327,27 @@ impl AccessPolicy {
 
     /// Decides `req`.
     pub fn decide(&self, req: &AccessRequest<'_>) -> Decision {
+        self.decide_with(req, false)
+    }
+
+    /// Decides an egress connection from the local workload to a non-mesh destination named
+    /// `req.callee`: like [`decide`](Self::decide), but a destination no policy names is
+    /// closed whatever the default-deny switch says. Egress is open only where permitted.
+    pub fn decide_egress(&self, req: &AccessRequest<'_>) -> Decision {
+        self.decide_with(req, true)
+    }
+
+    fn decide_with(&self, req: &AccessRequest<'_>, closed: bool) -> Decision {
         let (policy_allows, reason) = if self.governs(req.callee) {
             self.evaluate(req)
+        } else if closed {
+            (
+                false,
+                format!(
+                    "no service-access policy permits egress to {}: egress is closed unless permitted",
+                    req.callee
+                ),
+            )
         } else if self.default_deny {
             (
                 false,
@@ -338,12 +422,11 @@ impl AccessPolicy {
 
     /// A policy's `@id("…")` annotation, or Cedar's id for it.
     fn label(&self, id: &cedar_policy::PolicyId) -> String {
-        self.set
-            .annotation(id, "id")
-            .map_or_else(|| id.to_string(), str::to_owned)
+        let id = id.to_string();
+        self.labels.get(&id).cloned().unwrap_or(id)
     }
 
-    fn cedar_request(&self, req: &AccessRequest<'_>) -> Result<(Request, Entities), String> {
+    fn cedar_request(&self, req: &AccessRequest<'_>) -> Result<(Request, Arc<Entities>), String> {
         let principal = uid("Workload", req.caller.as_str());
         let mut pattrs = HashMap::from([(
             "trust_domain".to_owned(),
@@ -367,18 +450,34 @@ impl AccessPolicy {
                 RestrictedExpression::new_string(req.callee.name.clone()),
             ),
         ]);
-        let http = uid("Action", "http");
         let action = uid("Action", req.action.id());
-        let mut entities = vec![
-            Entity::new(principal.clone(), pattrs, HashSet::new()).map_err(|e| e.to_string())?,
-            Entity::new(resource.clone(), rattrs, HashSet::new()).map_err(|e| e.to_string())?,
-            Entity::new_no_attrs(http.clone(), HashSet::new()),
-        ];
-        if !matches!(req.action, Action::Connect) {
-            entities.push(Entity::new_no_attrs(action.clone(), HashSet::from([http])));
-        } else {
-            entities.push(Entity::new_no_attrs(action.clone(), HashSet::new()));
-        }
+        let key = (
+            req.caller.as_str().to_owned(),
+            req.callee.to_string(),
+            req.action.id(),
+        );
+        let cached = self.entities.get(&key);
+        let entities = match cached {
+            Some(e) => e,
+            None => {
+                let http = uid("Action", "http");
+                let mut list = vec![
+                    Entity::new(principal.clone(), pattrs, HashSet::new())
+                        .map_err(|e| e.to_string())?,
+                    Entity::new(resource.clone(), rattrs, HashSet::new())
+                        .map_err(|e| e.to_string())?,
+                    Entity::new_no_attrs(http.clone(), HashSet::new()),
+                ];
+                if !matches!(req.action, Action::Connect) {
+                    list.push(Entity::new_no_attrs(action.clone(), HashSet::from([http])));
+                } else {
+                    list.push(Entity::new_no_attrs(action.clone(), HashSet::new()));
+                }
+                let e = Arc::new(Entities::from_entities(list, None).map_err(|e| e.to_string())?);
+                self.entities.put(key, Arc::clone(&e));
+                e
+            }
+        };
         let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
         let mut ctx: Vec<(String, RestrictedExpression)> = Vec::new();
         match &req.action {
@@ -417,7 +516,6 @@ impl AccessPolicy {
         let context = Context::from_pairs(ctx).map_err(|e| e.to_string())?;
         let request =
             Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())?;
-        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         Ok((request, entities))
     }
 }

@@ -183,7 +183,7 @@ impl World {
             .unwrap()
     }
 
-    fn mesh(
+    pub fn mesh(
         &self,
         id: &str,
         policy: AccessPolicy,

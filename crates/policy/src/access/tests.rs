@@ -199,3 +199,62 @@ fn bad_policies_are_refused() {
     assert!(ServiceName::parse("orders").is_err());
     assert!(ServiceName::parse("a.b.c").is_err());
 }
+
+#[test]
+fn egress_is_closed_unless_a_policy_permits_it() {
+    let text = r#"
+@id("web-to-db")
+permit(
+    principal == Workload::"spiffe://example.org/ns/shop/svc/web",
+    action == Action::"connect",
+    resource == Service::"postgres.external"
+);
+"#;
+    let p = AccessPolicy::parse(text, Mode::Enforce, false).unwrap();
+    let connect = |caller: &str, to: &str| {
+        let caller = id(caller);
+        let to = ServiceName::parse(to).unwrap();
+        p.decide_egress(&AccessRequest {
+            caller: &caller,
+            callee: &to,
+            action: Action::Connect,
+            user: None,
+        })
+    };
+    let d = connect(WEB, "postgres.external");
+    assert!(d.allowed, "{d:?}");
+    assert!(d.reason.contains("web-to-db"), "{d:?}");
+    let d = connect(CHECKOUT, "postgres.external");
+    assert!(!d.allowed, "{d:?}");
+    // A destination no policy names: open for service calls, closed for egress.
+    let d = connect(WEB, "redis.external");
+    assert!(!d.allowed, "{d:?}");
+    assert_eq!(
+        d.reason,
+        "no service-access policy permits egress to redis.external: egress is closed unless permitted"
+    );
+    let caller = id(WEB);
+    let to = ServiceName::parse("redis.external").unwrap();
+    let open = p.decide(&AccessRequest {
+        caller: &caller,
+        callee: &to,
+        action: Action::Connect,
+        user: None,
+    });
+    assert!(open.allowed, "{open:?}");
+    // A permit for HTTP does not open raw TCP.
+    let http = AccessPolicy::parse(
+        r#"permit(principal, action in Action::"http", resource == Service::"postgres.external");"#,
+        Mode::Enforce,
+        false,
+    )
+    .unwrap();
+    let to = ServiceName::parse("postgres.external").unwrap();
+    let d = http.decide_egress(&AccessRequest {
+        caller: &caller,
+        callee: &to,
+        action: Action::Connect,
+        user: None,
+    });
+    assert!(!d.allowed, "{d:?}");
+}
