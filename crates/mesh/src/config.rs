@@ -4,6 +4,7 @@
 //! ```toml
 //! [identity]
 //! svid_dir = "/run/ringfence/svid"      # svid.pem (chain + key) and bundle.pem, re-read on change
+//! # or: workload_api = "/run/ringfence/workload.sock"   # a SPIFFE Workload API socket, streamed
 //!
 //! [inbound]                             # beside the called service
 //! listen = "0.0.0.0:15443"
@@ -101,8 +102,14 @@ pub struct MeshConfig {
 pub struct IdentityConfig {
     /// A directory with `svid.pem` and `bundle.pem` (as `ringfence agent` and `ringfence
     /// login` write them), re-read when they change.
-    pub svid_dir: PathBuf,
+    pub svid_dir: Option<PathBuf>,
+    /// A SPIFFE Workload API socket (the agent's per-task socket, or any implementation of
+    /// the standard API), followed as a stream. Exactly one of the two.
+    pub workload_api: Option<PathBuf>,
 }
+
+/// How long the proxy waits for its first SVID from a Workload API socket.
+const FIRST_SVID_WAIT: Duration = Duration::from_secs(30);
 
 /// The inbound listener.
 #[derive(Debug, Clone, Deserialize)]
@@ -228,7 +235,17 @@ impl MeshConfig {
                 *p = base.join(&*p);
             }
         };
-        abs(&mut cfg.identity.svid_dir);
+        if let Some(p) = cfg.identity.svid_dir.as_mut() {
+            abs(p);
+        }
+        if let Some(p) = cfg.identity.workload_api.as_mut() {
+            abs(p);
+        }
+        if cfg.identity.svid_dir.is_some() == cfg.identity.workload_api.is_some() {
+            return Err(ConfigError::Invalid(
+                "identity: set exactly one of svid_dir (files) and workload_api (a socket)".into(),
+            ));
+        }
         if let Some(p) = cfg.policy.file.as_mut() {
             abs(p);
         }
@@ -305,12 +322,18 @@ impl MeshConfig {
 
     /// Checks what can be checked without listening: the SVID, the policy and the keys.
     pub fn check(&self) -> Result<(), ConfigError> {
-        ringfence_identity::files::load(&self.identity.svid_dir).map_err(|e| {
-            ConfigError::Invalid(format!(
-                "identity {}: {e}",
-                self.identity.svid_dir.display()
-            ))
-        })?;
+        if let Some(dir) = &self.identity.svid_dir {
+            ringfence_identity::files::load(dir)
+                .map_err(|e| ConfigError::Invalid(format!("identity {}: {e}", dir.display())))?;
+        }
+        if let Some(socket) = &self.identity.workload_api
+            && !socket.exists()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "identity: no Workload API socket at {}",
+                socket.display()
+            )));
+        }
         self.load_policy()?;
         self.load_tokens()?;
         Ok(())
@@ -369,13 +392,8 @@ fn modified(p: &Path) -> Option<SystemTime> {
 /// How often files are looked at for changes.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
-/// Runs the proxy until a listener fails. `bound` learns the addresses once listening.
-pub async fn run(
-    cfg: MeshConfig,
-    bound: Option<tokio::sync::oneshot::Sender<Bound>>,
-) -> Result<(), ConfigError> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let svid_dir = cfg.identity.svid_dir.clone();
+/// The SVID from files in `svid_dir`, re-read when `svid.pem` changes.
+fn follow_files(svid_dir: PathBuf) -> Result<watch::Receiver<Option<X509Material>>, ConfigError> {
     let material = ringfence_identity::files::load(&svid_dir)
         .map_err(|e| ConfigError::Invalid(format!("identity {}: {e}", svid_dir.display())))?;
     let (material_tx, material_rx) = watch::channel::<Option<X509Material>>(Some(material));
@@ -396,6 +414,26 @@ pub async fn run(
             }
         }
     });
+    Ok(material_rx)
+}
+
+/// Runs the proxy until a listener fails. `bound` learns the addresses once listening.
+pub async fn run(
+    cfg: MeshConfig,
+    bound: Option<tokio::sync::oneshot::Sender<Bound>>,
+) -> Result<(), ConfigError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let material_rx = match (&cfg.identity.svid_dir, &cfg.identity.workload_api) {
+        (_, Some(socket)) => crate::source::follow(socket.clone(), FIRST_SVID_WAIT)
+            .await
+            .map_err(ConfigError::Invalid)?,
+        (Some(dir), None) => follow_files(dir.clone())?,
+        (None, None) => {
+            return Err(ConfigError::Invalid(
+                "identity: set svid_dir or workload_api".into(),
+            ));
+        }
+    };
     let policy = PolicyHandle::new(cfg.load_policy()?);
     if let Some(file) = cfg.policy.file.clone() {
         let handle = policy.clone();

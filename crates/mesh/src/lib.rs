@@ -9,6 +9,7 @@ pub mod config;
 pub mod h1;
 pub mod h2;
 pub mod proxy;
+pub mod source;
 pub mod tcp;
 pub mod telemetry;
 

@@ -90,6 +90,9 @@ impl Pki {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.subject_alt_names = vec![SanType::URI(leaf.uri.try_into().unwrap())];
         p.extended_key_usages = leaf.ekus;
+        // X.509-SVIDs carry digitalSignature (SPIFFE X509-SVID §4.3; the spiffe client insists).
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        p.is_ca = IsCa::ExplicitNoCa;
         p.not_before = time::OffsetDateTime::from_unix_timestamp(leaf.not_before).unwrap();
         p.not_after = time::OffsetDateTime::from_unix_timestamp(leaf.not_after).unwrap();
         let cert = p.signed_by(&key, &self.issuer).unwrap();
