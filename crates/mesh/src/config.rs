@@ -9,7 +9,7 @@
 //! [inbound]                             # beside the called service
 //! listen = "0.0.0.0:15443"
 //! forward = "127.0.0.1:8080"
-//! tcp_forward = "127.0.0.1:5432"        # raw TCP connections from the mesh (default: forward)
+//! tcp_forward = "127.0.0.1:5432"        # raw TCP from the mesh goes here; without it, none
 //!
 //! [outbound]                            # beside the caller: http://<service>.<namespace>/...
 //! listen = "127.0.0.1:15001"
@@ -25,7 +25,7 @@
 //!
 //! [[ingress]]                           # plain TCP from non-mesh clients, on this port only
 //! listen = "0.0.0.0:8081"
-//! forward = "127.0.0.1:8080"
+//! forward = "127.0.0.1:8090"            # the service's port for them (never inbound.forward)
 //! allow_from = ["10.0.0.0/8"]
 //!
 //! [endpoints]                           # where services are (until discovery is configured)
@@ -119,7 +119,8 @@ pub struct InboundConfig {
     pub listen: SocketAddr,
     /// The service's local port.
     pub forward: SocketAddr,
-    /// Where raw TCP connections from the mesh go (default: `forward`).
+    /// Where raw TCP connections from the mesh go; without it the inbound side accepts none.
+    /// Never the HTTP port.
     pub tcp_forward: Option<SocketAddr>,
 }
 
@@ -289,10 +290,26 @@ impl MeshConfig {
                 )));
             }
         }
+        if let Some(i) = &cfg.inbound
+            && i.tcp_forward == Some(i.forward)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "inbound.tcp_forward {} is the HTTP port: raw TCP would skip the per-request checks and could set ringfence-caller itself",
+                i.forward
+            )));
+        }
         for i in &cfg.ingress {
+            if let Some(inbound) = &cfg.inbound
+                && inbound.forward == i.forward
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "ingress {}: forward {} is the inbound side's HTTP port, whose ringfence-caller and ringfence-user fields the service trusts; give non-mesh clients a port of their own",
+                    i.listen, i.forward
+                )));
+            }
             if i.allow_from.is_empty() {
                 return Err(ConfigError::Invalid(format!(
-                    "ingress {}: allow_from is empty: list the client networks to let in (0.0.0.0/0 for any)",
+                    "ingress {}: allow_from is empty: list the client networks to let in (0.0.0.0/0 and ::/0 for any)",
                     i.listen
                 )));
             }
@@ -497,11 +514,7 @@ pub async fn run(
             .await
             .map_err(crate::MeshError::from)?;
         b.inbound = Some(l.local_addr().map_err(crate::MeshError::from)?);
-        tasks.spawn(Arc::clone(&mesh).serve_inbound_split(
-            l,
-            i.forward,
-            i.tcp_forward.unwrap_or(i.forward),
-        ));
+        tasks.spawn(Arc::clone(&mesh).serve_inbound_split(l, i.forward, i.tcp_forward));
     }
     for t in &cfg.tcp {
         let l = bind(t.listen, format!("tcp {}", t.service)).await?;

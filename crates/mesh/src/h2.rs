@@ -87,6 +87,21 @@ fn percent_encode_message(s: &str) -> String {
     out
 }
 
+/// Concurrent streams one connection may open.
+pub const MAX_STREAMS: u32 = 128;
+
+/// The HTTP/2 server settings both sides use: a capped head and stream count, and pings that
+/// close a connection whose peer stopped answering.
+fn server_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.max_header_list_size(crate::h1::MAX_HEAD as u32)
+        .max_concurrent_streams(MAX_STREAMS)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    b
+}
+
 /// One lazily opened, shared HTTP/2 connection.
 #[derive(Debug, Default)]
 pub struct Upstream(Mutex<Option<hyper::client::conn::http2::SendRequest<Incoming>>>);
@@ -179,8 +194,7 @@ impl Mesh {
                 )
             }
         });
-        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .max_header_list_size(crate::h1::MAX_HEAD as u32)
+        let _ = server_builder()
             .serve_connection(TokioIo::new(io), service)
             .await;
     }
@@ -242,7 +256,13 @@ impl Mesh {
                 return refusal(&r, grpc);
             }
         };
-        let call = if grpc { grpc_call(&target.path) } else { None };
+        // gRPC is POST only: another method with a gRPC content type is decided as the HTTP
+        // request it is, so a caller cannot pick its Cedar action by its content type.
+        let call = if grpc && method == Method::Post {
+            grpc_call(&target.path)
+        } else {
+            None
+        };
         let action = match call {
             Some((service, m)) => Action::Grpc {
                 path: &target.path,
@@ -305,11 +325,18 @@ impl Mesh {
                 }
             })
             .await;
+        let wait = self.limits().response;
         let response = match sender {
-            Ok(mut s) => s.send_request(forwarded).await.map_err(|e| Refusal {
-                status: 502,
-                reason: format!("the service did not answer: {e}"),
-            }),
+            Ok(mut s) => match tokio::time::timeout(wait, s.send_request(forwarded)).await {
+                Ok(r) => r.map_err(|e| Refusal {
+                    status: 502,
+                    reason: format!("the service did not answer: {e}"),
+                }),
+                Err(_) => Err(Refusal {
+                    status: 504,
+                    reason: format!("the service did not answer within {wait:?}"),
+                }),
+            },
             Err(r) => Err(r),
         };
         match response {
@@ -334,8 +361,7 @@ impl Mesh {
             let this = Arc::clone(&self);
             async move { Ok::<_, Infallible>(this.outbound_h2_request(req).await) }
         });
-        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .max_header_list_size(crate::h1::MAX_HEAD as u32)
+        let _ = server_builder()
             .serve_connection(TokioIo::new(io), service)
             .await;
     }
@@ -371,6 +397,14 @@ impl Mesh {
                     ":authority {authority:?} does not name a mesh service <service>.<namespace> (lower case)"
                 ),
             })?;
+            for name in [txn::TOKEN_HEADER, txn::CHAIN_HEADER] {
+                if req.headers().get_all(name).iter().nth(1).is_some() {
+                    return Err(Refusal {
+                        status: 400,
+                        reason: format!("more than one {name} field"),
+                    });
+                }
+            }
             let mut extra: Vec<(&str, Vec<u8>)> = Vec::new();
             if let Some(token) = req.headers().get(txn::TOKEN_HEADER) {
                 let link = self.link_for(token.as_bytes(), &service)?;
@@ -407,11 +441,18 @@ impl Mesh {
         let sender = upstream
             .sender(|| async { self.connect_alpn(&service, b"h2").await })
             .await;
+        let wait = self.limits().response;
         let response = match sender {
-            Ok(mut s) => s.send_request(forwarded).await.map_err(|e| Refusal {
-                status: 502,
-                reason: format!("{service} did not answer: {e}"),
-            }),
+            Ok(mut s) => match tokio::time::timeout(wait, s.send_request(forwarded)).await {
+                Ok(r) => r.map_err(|e| Refusal {
+                    status: 502,
+                    reason: format!("{service} did not answer: {e}"),
+                }),
+                Err(_) => Err(Refusal {
+                    status: 504,
+                    reason: format!("{service} did not answer within {wait:?}"),
+                }),
+            },
             Err(r) => Err(r),
         };
         match response {

@@ -272,40 +272,50 @@ impl Mesh {
         .with_detail("proxy", self.me.as_str())
     }
 
-    /// The inbound TLS configuration: this SVID, any client SVID of the trust domain.
-    pub fn inbound_tls(&self) -> Result<rustls::ServerConfig, MeshError> {
+    /// The inbound TLS configuration: this SVID, any client SVID of the trust domain; ALPN
+    /// `h2` and `http/1.1`, and `ringfence-tcp` only if `raw_tcp` (a client asking for it
+    /// otherwise fails the handshake).
+    pub fn inbound_tls(&self, raw_tcp: bool) -> Result<rustls::ServerConfig, MeshError> {
         let mut cfg = ringfence_identity::tls::server_config(
             self.material.clone(),
             PeerPolicy::AnyInTrustDomain,
             Arc::clone(&self.clock),
         )?;
-        cfg.alpn_protocols = vec![
-            b"h2".to_vec(),
-            b"http/1.1".to_vec(),
-            crate::tcp::ALPN_TCP.to_vec(),
-        ];
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if raw_tcp {
+            cfg.alpn_protocols.push(crate::tcp::ALPN_TCP.to_vec());
+        }
         Ok(cfg)
     }
 
-    /// Serves inbound mTLS on `listener`, forwarding admitted requests and raw TCP
-    /// connections to `forward`.
+    /// Serves inbound mTLS on `listener`, forwarding admitted requests to `forward`. Raw TCP
+    /// is not accepted.
     pub async fn serve_inbound(
         self: Arc<Self>,
         listener: TcpListener,
         forward: SocketAddr,
     ) -> Result<(), MeshError> {
-        self.serve_inbound_split(listener, forward, forward).await
+        self.serve_inbound_split(listener, forward, None).await
     }
 
-    /// Serves inbound mTLS on `listener`: HTTP to `forward`, admitted raw TCP connections
-    /// (ALPN `ringfence-tcp`) to `tcp_forward`.
+    /// Serves inbound mTLS on `listener`: HTTP to `forward` and, with `tcp_forward`, admitted
+    /// raw TCP connections (ALPN `ringfence-tcp`) there. Raw TCP never goes to the HTTP port:
+    /// it would skip the normalizer and the per-request decision, and could set the fields the
+    /// proxy vouches for (`ringfence-caller`).
     pub async fn serve_inbound_split(
         self: Arc<Self>,
         listener: TcpListener,
         forward: SocketAddr,
-        tcp_forward: SocketAddr,
+        tcp_forward: Option<SocketAddr>,
     ) -> Result<(), MeshError> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(self.inbound_tls()?));
+        if tcp_forward == Some(forward) {
+            return Err(MeshError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "raw TCP may not be forwarded to the HTTP port",
+            )));
+        }
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(Arc::new(self.inbound_tls(tcp_forward.is_some())?));
         loop {
             let (tcp, addr) = listener.accept().await?;
             let _ = tcp.set_nodelay(true);
@@ -324,7 +334,9 @@ impl Mesh {
                         match tls.get_ref().1.alpn_protocol() {
                             Some(b"h2") => this.inbound_h2(tls, peer, forward).await,
                             Some(crate::tcp::ALPN_TCP) => {
-                                this.inbound_tcp(tls, peer, tcp_forward).await;
+                                if let Some(to) = tcp_forward {
+                                    this.inbound_tcp(tls, peer, to).await;
+                                }
                             }
                             _ => {
                                 this.inbound_connection(Conn::new(tls), &peer, forward)

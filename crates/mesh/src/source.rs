@@ -88,12 +88,20 @@ pub async fn follow(
         )
     })??;
     tracing::info!(spiffe_id = %material.spiffe_id, socket = %socket.display(), "mesh SVID from the Workload API");
+    let pinned = material.spiffe_id.clone();
     let (tx, rx) = watch::channel(Some(material));
-    tokio::spawn(keep_following(socket, s, tx));
+    tokio::spawn(keep_following(socket, s, tx, pinned));
     Ok(rx)
 }
 
-async fn keep_following(socket: PathBuf, first: XStream, tx: watch::Sender<Option<X509Material>>) {
+/// Follows the stream; an SVID for another SPIFFE ID than the first is refused (the proxy's
+/// service, trust domain and policy were set up for that one).
+async fn keep_following(
+    socket: PathBuf,
+    first: XStream,
+    tx: watch::Sender<Option<X509Material>>,
+    pinned: SpiffeId,
+) {
     let mut current = Some(first);
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -105,6 +113,11 @@ async fn keep_following(socket: PathBuf, first: XStream, tx: watch::Sender<Optio
             Some(Ok(ctx)) => {
                 backoff = Duration::from_millis(200);
                 match material_of(&ctx) {
+                    Ok(m) if m.spiffe_id != pinned => tracing::error!(
+                        got = %m.spiffe_id,
+                        expected = %pinned,
+                        "Workload API sent an SVID for another identity: refused, the current one stays (restart the proxy to change identity)"
+                    ),
                     Ok(m) => {
                         tracing::info!(spiffe_id = %m.spiffe_id, "mesh SVID rotated (Workload API)");
                         if tx.send(Some(m)).is_err() {

@@ -278,6 +278,19 @@ async fn grpc_methods_are_decided_by_service_and_method_and_refused_with_a_grpc_
     })
     .await;
     assert_eq!(e.actor.as_str(), WEB);
+    // The gRPC content type on another method does not make it a gRPC call: it is decided
+    // as the HTTP request it is (no permit covers DELETE there).
+    let delete = request("DELETE", "http://orders.shop/shop.Orders/Lookup")
+        .header("content-type", "application/grpc")
+        .body(empty())
+        .unwrap();
+    let (_, headers, _) = send(&mut c, delete).await;
+    assert_eq!(headers["grpc-status"], "7", "{headers:?}");
+    let e = audited(&s.orders.audit, |e| {
+        e.target.ends_with("DELETE /shop.Orders/Lookup")
+    })
+    .await;
+    assert_eq!(e.decision, Decision::Deny);
     // A bad token: UNAUTHENTICATED.
     let mut bad = grpc("Lookup");
     bad.headers_mut()

@@ -116,7 +116,9 @@ async fn tcp_port(
 async fn raw_tcp_between_services_where_policy_permits_it() {
     let world = World::new();
     let backend = speaks_first().await;
-    let orders = world.inbound(ORDERS, policy(Mode::Enforce), backend).await;
+    let orders = world
+        .inbound_tcp(ORDERS, policy(Mode::Enforce), echo_backend().await, backend)
+        .await;
     let (web, _, port) = tcp_port(&world, WEB, orders.addr).await;
     let mut c = TcpStream::connect(port).await.unwrap();
     // The server's first bytes arrive although the verdict line came just before them.
@@ -149,7 +151,9 @@ async fn raw_tcp_between_services_where_policy_permits_it() {
 async fn raw_tcp_from_a_workload_no_policy_permits_is_closed_and_audited() {
     let world = World::new();
     let backend = speaks_first().await;
-    let orders = world.inbound(ORDERS, policy(Mode::Enforce), backend).await;
+    let orders = world
+        .inbound_tcp(ORDERS, policy(Mode::Enforce), echo_backend().await, backend)
+        .await;
     let (evil, _, port) = tcp_port(&world, EVIL, orders.addr).await;
     let mut c = TcpStream::connect(port).await.unwrap();
     assert_closed(&mut c).await;
@@ -182,10 +186,31 @@ async fn raw_tcp_from_a_workload_no_policy_permits_is_closed_and_audited() {
 }
 
 #[tokio::test]
+async fn an_inbound_side_without_tcp_forward_takes_no_raw_tcp() {
+    let world = World::new();
+    // Only HTTP here: a raw pipe to the HTTP port would skip every per-request check.
+    let orders = world
+        .inbound(ORDERS, policy(Mode::Enforce), speaks_first().await)
+        .await;
+    let (web, _, port) = tcp_port(&world, WEB, orders.addr).await;
+    let mut c = TcpStream::connect(port).await.unwrap();
+    assert_closed(&mut c).await;
+    let m = web.telemetry().render();
+    assert!(
+        m.contains("callee=\"orders.shop\",decision=\"refused\",code=\"502\"} 1"),
+        "{m}"
+    );
+    let e = audited(&orders.audit, |e| e.action == "mesh.handshake").await;
+    assert_eq!(e.reason, "peer doesn't support any known protocol");
+}
+
+#[tokio::test]
 async fn raw_tcp_dry_run_connects_and_records_the_would_deny() {
     let world = World::new();
     let backend = speaks_first().await;
-    let orders = world.inbound(ORDERS, policy(Mode::DryRun), backend).await;
+    let orders = world
+        .inbound_tcp(ORDERS, policy(Mode::DryRun), echo_backend().await, backend)
+        .await;
     let (_, _, port) = tcp_port(&world, EVIL, orders.addr).await;
     let mut c = TcpStream::connect(port).await.unwrap();
     assert_eq!(read_n(&mut c, 6).await, b"hello\n");
@@ -348,6 +373,14 @@ fn configuration_refuses_open_egress_and_unbounded_ingress() {
         (
             "[[egress]]\nlisten = \"127.0.0.1:15433\"\nname = \"postgres.external\"\nto = [\"127.0.0.1:5432\"]\nany = true\n",
             "unknown field `any`",
+        ),
+        (
+            "[inbound]\nlisten = \"127.0.0.1:15443\"\nforward = \"127.0.0.1:8080\"\ntcp_forward = \"127.0.0.1:8080\"\n",
+            "inbound.tcp_forward 127.0.0.1:8080 is the HTTP port",
+        ),
+        (
+            "[inbound]\nlisten = \"127.0.0.1:15443\"\nforward = \"127.0.0.1:8080\"\n[[ingress]]\nlisten = \"0.0.0.0:8081\"\nforward = \"127.0.0.1:8080\"\nallow_from = [\"10.0.0.0/8\"]\n",
+            "forward 127.0.0.1:8080 is the inbound side's HTTP port",
         ),
     ];
     for (text, message) in bad {

@@ -338,7 +338,14 @@ impl AccessPolicy {
     }
 
     fn decide_with(&self, req: &AccessRequest<'_>, closed: bool) -> Decision {
-        let (policy_allows, reason) = if self.governs(req.callee) {
+        // Egress opens only for a destination a policy names exactly: a policy over every
+        // resource (`resource` unconstrained) governs services, not the way out.
+        let governed = if closed {
+            self.named.contains(&req.callee.to_string())
+        } else {
+            self.governs(req.callee)
+        };
+        let (policy_allows, reason) = if governed {
             self.evaluate(req)
         } else if closed {
             (

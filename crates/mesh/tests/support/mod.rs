@@ -232,6 +232,26 @@ impl World {
         }
     }
 
+    /// An inbound proxy for `id`: HTTP to `backend`, raw TCP from the mesh to `tcp`.
+    pub async fn inbound_tcp(
+        &self,
+        id: &str,
+        policy: AccessPolicy,
+        backend: SocketAddr,
+        tcp: SocketAddr,
+    ) -> Proxy {
+        let (mesh, audit, material) = self.mesh(id, policy, HashMap::new());
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(Arc::clone(&mesh).serve_inbound_split(l, backend, Some(tcp)));
+        Proxy {
+            mesh,
+            addr,
+            audit,
+            material,
+        }
+    }
+
     /// An outbound proxy for `id` that finds each service at the given addresses.
     pub async fn outbound(&self, id: &str, endpoints: &[(&str, SocketAddr)]) -> Proxy {
         let map = endpoints

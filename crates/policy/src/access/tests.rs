@@ -242,6 +242,24 @@ permit(
         user: None,
     });
     assert!(open.allowed, "{open:?}");
+    // A policy over every resource does not open egress: only an exact name does.
+    let any = AccessPolicy::parse(
+        r#"permit(principal, action, resource);"#,
+        Mode::Enforce,
+        false,
+    )
+    .unwrap();
+    let d = any.decide_egress(&AccessRequest {
+        caller: &caller,
+        callee: &to,
+        action: Action::Connect,
+        user: None,
+    });
+    assert!(!d.allowed, "{d:?}");
+    assert!(
+        d.reason.contains("egress is closed unless permitted"),
+        "{d:?}"
+    );
     // A permit for HTTP does not open raw TCP.
     let http = AccessPolicy::parse(
         r#"permit(principal, action in Action::"http", resource == Service::"postgres.external");"#,
