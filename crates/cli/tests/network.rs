@@ -201,7 +201,9 @@ impl Scenario {
             .arg("--bundle")
             .arg(self.data.join("identity").join("bundle.pem"))
             .args(["--uid-base", &uid_base.to_string(), "--uid-count", "16"])
-            .args(["--poll", "200ms"]);
+            .args(["--poll", "200ms"])
+            // The spool's forwarding is logged at debug: the scenario waits for it.
+            .env("RUST_LOG", "info,ringfence_agent::remote=debug");
         if let Some(t) = token {
             cmd.args(["--join-token", t]);
         }
@@ -983,12 +985,18 @@ fn scenario(store: Option<String>, lane: u8) {
         "[unix-connect, /run/spiffe/workload.sock]",
     );
     submit_more(&mut s, &alice, "drift-1", "[exec-written]");
-    let web2 = wait_for(Duration::from_secs(40), "web-2 to run", || {
+    let (web2, web2_pid) = wait_for(Duration::from_secs(40), "web-2 to run", || {
         let out = s.ok(&["job", "status", "payments/web-2", "--output", "json"]);
         let j: Value = serde_json::from_str(&out).unwrap();
         let st = &j["tasks"][0]["status"];
+        // The agent reports the sandbox's host PID as "pid N".
+        let pid = st["report"]["detail"]
+            .as_str()
+            .and_then(|d| d.strip_prefix("pid "))
+            .and_then(|p| p.parse::<i32>().ok());
         (st["report"]["state"] == "running" && st["report"]["svid"] == true)
-            .then(|| st["machine"].as_str().unwrap().to_owned())
+            .then(|| pid.map(|p| (st["machine"].as_str().unwrap().to_owned(), p)))
+            .flatten()
     });
     let web2_uid = socket_uid(&s.socket_of(&web2, "payments.web.web-2.0"));
 
@@ -1001,8 +1009,10 @@ fn scenario(store: Option<String>, lane: u8) {
     server.kill9();
     std::thread::sleep(Duration::from_millis(500));
     // While it is down, web-2's process dies; its agent records that in its spool.
-    let web2_pids = pids_of_uid(web2_uid);
-    assert!(!web2_pids.is_empty());
+    // Its processes, found by their uid and by the PID its agent reported (a process that
+    // made itself non-dumpable shows root as the owner of its /proc entry).
+    let mut web2_pids = pids_of_uid(web2_uid);
+    web2_pids.push(web2_pid);
     kill_pids(&web2_pids);
     std::thread::sleep(Duration::from_millis(1_000));
     assert!(
@@ -1038,6 +1048,27 @@ fn scenario(store: Option<String>, lane: u8) {
             .iter()
             .all(|p| Path::new(&format!("/proc/{p}")).exists()),
         "the same task process ran through the restart"
+    );
+
+    // What an agent spooled while the control plane was down is forwarded before any agent
+    // is killed: a killed agent's spool waits for its next start, and this one is not
+    // restarted.
+    wait_for(
+        Duration::from_secs(30),
+        "the agents to forward what they spooled during the outage",
+        || {
+            agents
+                .iter()
+                .all(|(_, a, _)| {
+                    let log = a.log();
+                    log.rfind("audit events stay spooled").is_none_or(|i| {
+                        log.get(i..)
+                            .unwrap_or_default()
+                            .contains("audit events forwarded")
+                    })
+                })
+                .then_some(())
+        },
     );
 
     // kill -9 of the agent running the task: it moves to the other machine.
