@@ -310,35 +310,15 @@ impl Mesh {
             Ok(r) => r,
             Err(r) => return refusal(&r, grpc),
         };
-        let connect = self.limits().connect;
         let sender = upstream
             .sender(|| async move {
-                match tokio::time::timeout(connect, tokio::net::TcpStream::connect(forward)).await {
-                    Ok(Ok(s)) => {
-                        let _ = s.set_nodelay(true);
-                        Ok(s)
-                    }
-                    _ => Err(Refusal {
-                        status: 502,
-                        reason: format!("the service's local port {forward} does not answer"),
-                    }),
-                }
+                self.connect_local(forward).await.map_err(|_| Refusal {
+                    status: 502,
+                    reason: format!("the service's local port {forward} does not answer"),
+                })
             })
             .await;
-        let wait = self.limits().response;
-        let response = match sender {
-            Ok(mut s) => match tokio::time::timeout(wait, s.send_request(forwarded)).await {
-                Ok(r) => r.map_err(|e| Refusal {
-                    status: 502,
-                    reason: format!("the service did not answer: {e}"),
-                }),
-                Err(_) => Err(Refusal {
-                    status: 504,
-                    reason: format!("the service did not answer within {wait:?}"),
-                }),
-            },
-            Err(r) => Err(r),
-        };
+        let response = self.send_within(sender, forwarded, "the service").await;
         match response {
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -441,20 +421,7 @@ impl Mesh {
         let sender = upstream
             .sender(|| async { self.connect_alpn(&service, b"h2").await })
             .await;
-        let wait = self.limits().response;
-        let response = match sender {
-            Ok(mut s) => match tokio::time::timeout(wait, s.send_request(forwarded)).await {
-                Ok(r) => r.map_err(|e| Refusal {
-                    status: 502,
-                    reason: format!("{service} did not answer: {e}"),
-                }),
-                Err(_) => Err(Refusal {
-                    status: 504,
-                    reason: format!("{service} did not answer within {wait:?}"),
-                }),
-            },
-            Err(r) => Err(r),
-        };
+        let response = self.send_within(sender, forwarded, &name).await;
         match response {
             Ok(resp) => {
                 self.telemetry()
@@ -466,6 +433,28 @@ impl Mesh {
                     .count(me.as_str(), &name, Outcome::Refused, r.status);
                 refusal(&r, grpc)
             }
+        }
+    }
+
+    /// Sends `req` on the upstream connection (if there is one) and waits for the response
+    /// head within the response limit; `who` names the upstream in refusals.
+    async fn send_within(
+        &self,
+        sender: Result<hyper::client::conn::http2::SendRequest<Incoming>, Refusal>,
+        req: Request<Incoming>,
+        who: &str,
+    ) -> Result<Response<Incoming>, Refusal> {
+        let mut s = sender?;
+        let wait = self.limits().response;
+        match tokio::time::timeout(wait, s.send_request(req)).await {
+            Ok(r) => r.map_err(|e| Refusal {
+                status: 502,
+                reason: format!("{who} did not answer: {e}"),
+            }),
+            Err(_) => Err(Refusal {
+                status: 504,
+                reason: format!("{who} did not answer within {wait:?}"),
+            }),
         }
     }
 

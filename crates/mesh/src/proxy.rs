@@ -253,6 +253,19 @@ impl Mesh {
         Arc::clone(m.entry(service.to_string()).or_default())
     }
 
+    /// A loopback connection to the service (or a configured destination), within the
+    /// connect limit.
+    pub(crate) async fn connect_local(&self, to: SocketAddr) -> Result<TcpStream, String> {
+        match tokio::time::timeout(self.limits.connect, TcpStream::connect(to)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Ok(Err(e)) => Err(format!("{to}: {e}")),
+            Err(_) => Err(format!("{to}: timed out")),
+        }
+    }
+
     pub(crate) fn event(
         &self,
         actor: &SpiffeId,
@@ -388,12 +401,9 @@ impl Mesh {
                 }
             };
             if up.is_none() {
-                match tokio::time::timeout(self.limits.connect, TcpStream::connect(forward)).await {
-                    Ok(Ok(s)) => {
-                        let _ = s.set_nodelay(true);
-                        up = Some(Conn::new(s));
-                    }
-                    _ => {
+                match self.connect_local(forward).await {
+                    Ok(s) => up = Some(Conn::new(s)),
+                    Err(_) => {
                         let r = Refusal {
                             status: 502,
                             reason: format!("the service's local port {forward} does not answer"),

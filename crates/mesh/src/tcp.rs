@@ -129,28 +129,6 @@ where
 }
 
 impl Mesh {
-    fn tcp_event(
-        &self,
-        actor: &SpiffeId,
-        action: &str,
-        target: String,
-        decision: AuditDecision,
-        reason: &str,
-    ) -> ringfence_audit::Event {
-        self.event(actor, action, target, decision, reason)
-    }
-
-    async fn connect_local(&self, to: SocketAddr) -> Result<TcpStream, String> {
-        match tokio::time::timeout(self.limits().connect, TcpStream::connect(to)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                Ok(s)
-            }
-            Ok(Err(e)) => Err(format!("{to}: {e}")),
-            Err(_) => Err(format!("{to}: timed out")),
-        }
-    }
-
     /// Inbound side of a raw TCP connection from `peer` (ALPN `ringfence-tcp`).
     pub(crate) async fn inbound_tcp<S>(&self, mut io: S, peer: SpiffeId, forward: SocketAddr)
     where
@@ -169,7 +147,7 @@ impl Mesh {
             self.telemetry()
                 .count(peer.as_str(), &callee, Outcome::Deny, 403);
             self.telemetry().audit(
-                self.tcp_event(&peer, "mesh.connect", target, AuditDecision::Deny, &reason)
+                self.event(&peer, "mesh.connect", target, AuditDecision::Deny, &reason)
                     .with_detail("status", "403"),
             );
             let _ = io.write_all(format!("{reason}\n").as_bytes()).await;
@@ -183,7 +161,7 @@ impl Mesh {
                 self.telemetry()
                     .count(peer.as_str(), &callee, Outcome::Refused, 502);
                 self.telemetry().audit(
-                    self.tcp_event(&peer, "mesh.connect", target, AuditDecision::Deny, &reason)
+                    self.event(&peer, "mesh.connect", target, AuditDecision::Deny, &reason)
                         .with_detail("status", "502"),
                 );
                 let _ = io
@@ -196,7 +174,7 @@ impl Mesh {
         if decision.denied_by_policy {
             self.telemetry()
                 .count(peer.as_str(), &callee, Outcome::DryRunDeny, 200);
-            self.telemetry().audit(self.tcp_event(
+            self.telemetry().audit(self.event(
                 &peer,
                 "mesh.connect",
                 target,
@@ -207,7 +185,7 @@ impl Mesh {
             self.telemetry()
                 .count(peer.as_str(), &callee, Outcome::Allow, 200);
             self.telemetry().audit_allow(|| {
-                self.tcp_event(
+                self.event(
                     &peer,
                     "mesh.connect",
                     target,
@@ -320,7 +298,7 @@ impl Mesh {
             self.telemetry()
                 .count(me.as_str(), &callee, Outcome::Deny, 403);
             self.telemetry().audit(
-                self.tcp_event(&me, "mesh.egress", target, AuditDecision::Deny, &reason)
+                self.event(&me, "mesh.egress", target, AuditDecision::Deny, &reason)
                     .with_detail("status", "403"),
             );
             return;
@@ -350,7 +328,7 @@ impl Mesh {
         };
         self.telemetry().count(me.as_str(), &callee, outcome, 200);
         let event = || {
-            self.tcp_event(
+            self.event(
                 &me,
                 "mesh.egress",
                 target.clone(),
@@ -405,7 +383,7 @@ impl Mesh {
             self.telemetry()
                 .count("external", &callee, Outcome::Deny, 403);
             self.telemetry().audit(
-                self.tcp_event(&me, "mesh.ingress", target, AuditDecision::Deny, &reason)
+                self.event(&me, "mesh.ingress", target, AuditDecision::Deny, &reason)
                     .with_detail("client", client.to_string())
                     .with_detail("status", "403"),
             );

@@ -435,52 +435,17 @@ impl AccessPolicy {
 
     fn cedar_request(&self, req: &AccessRequest<'_>) -> Result<(Request, Arc<Entities>), String> {
         let principal = uid("Workload", req.caller.as_str());
-        let mut pattrs = HashMap::from([(
-            "trust_domain".to_owned(),
-            RestrictedExpression::new_string(req.caller.trust_domain_str().to_owned()),
-        )]);
-        if let Some(s) = ServiceName::of(req.caller) {
-            pattrs.insert(
-                "namespace".into(),
-                RestrictedExpression::new_string(s.namespace),
-            );
-            pattrs.insert("service".into(), RestrictedExpression::new_string(s.name));
-        }
         let resource = uid("Service", &req.callee.to_string());
-        let rattrs = HashMap::from([
-            (
-                "namespace".to_owned(),
-                RestrictedExpression::new_string(req.callee.namespace.clone()),
-            ),
-            (
-                "name".to_owned(),
-                RestrictedExpression::new_string(req.callee.name.clone()),
-            ),
-        ]);
         let action = uid("Action", req.action.id());
         let key = (
             req.caller.as_str().to_owned(),
             req.callee.to_string(),
             req.action.id(),
         );
-        let cached = self.entities.get(&key);
-        let entities = match cached {
+        let entities = match self.entities.get(&key) {
             Some(e) => e,
             None => {
-                let http = uid("Action", "http");
-                let mut list = vec![
-                    Entity::new(principal.clone(), pattrs, HashSet::new())
-                        .map_err(|e| e.to_string())?,
-                    Entity::new(resource.clone(), rattrs, HashSet::new())
-                        .map_err(|e| e.to_string())?,
-                    Entity::new_no_attrs(http.clone(), HashSet::new()),
-                ];
-                if !matches!(req.action, Action::Connect) {
-                    list.push(Entity::new_no_attrs(action.clone(), HashSet::from([http])));
-                } else {
-                    list.push(Entity::new_no_attrs(action.clone(), HashSet::new()));
-                }
-                let e = Arc::new(Entities::from_entities(list, None).map_err(|e| e.to_string())?);
+                let e = Arc::new(entities_of(req, &principal, &resource, &action)?);
                 self.entities.put(key, Arc::clone(&e));
                 e
             }
@@ -525,6 +490,51 @@ impl AccessPolicy {
             Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())?;
         Ok((request, entities))
     }
+}
+
+/// The entities of one request: the caller with its attributes, the called service with its
+/// own, and the action under `Action::"http"` (raw TCP `connect` stands alone). They follow
+/// from the names alone, which is what lets [`EntityCache`] keep them.
+fn entities_of(
+    req: &AccessRequest<'_>,
+    principal: &EntityUid,
+    resource: &EntityUid,
+    action: &EntityUid,
+) -> Result<Entities, String> {
+    let mut pattrs = HashMap::from([(
+        "trust_domain".to_owned(),
+        RestrictedExpression::new_string(req.caller.trust_domain_str().to_owned()),
+    )]);
+    if let Some(s) = ServiceName::of(req.caller) {
+        pattrs.insert(
+            "namespace".into(),
+            RestrictedExpression::new_string(s.namespace),
+        );
+        pattrs.insert("service".into(), RestrictedExpression::new_string(s.name));
+    }
+    let rattrs = HashMap::from([
+        (
+            "namespace".to_owned(),
+            RestrictedExpression::new_string(req.callee.namespace.clone()),
+        ),
+        (
+            "name".to_owned(),
+            RestrictedExpression::new_string(req.callee.name.clone()),
+        ),
+    ]);
+    let http = uid("Action", "http");
+    let parents = if matches!(req.action, Action::Connect) {
+        HashSet::new()
+    } else {
+        HashSet::from([http.clone()])
+    };
+    let list = vec![
+        Entity::new(principal.clone(), pattrs, HashSet::new()).map_err(|e| e.to_string())?,
+        Entity::new(resource.clone(), rattrs, HashSet::new()).map_err(|e| e.to_string())?,
+        Entity::new_no_attrs(http, HashSet::new()),
+        Entity::new_no_attrs(action.clone(), parents),
+    ];
+    Entities::from_entities(list, None).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
