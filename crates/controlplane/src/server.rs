@@ -214,6 +214,25 @@ impl State {
         }
     }
 
+    /// The caller, if it is a service workload of this trust domain
+    /// (`/ns/<namespace>/svc/<service>`).
+    fn service_of<T>(&self, req: &Request<T>) -> Option<SpiffeId> {
+        let peer = Peer::of(req)?;
+        if !peer.is_member_of(&self.td) {
+            return None;
+        }
+        let parts: Vec<&str> = peer.path().trim_start_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["ns", ns, "svc", svc]
+                if ringfence_core::Name::parse(ns).is_ok()
+                    && ringfence_core::Name::parse(svc).is_ok() =>
+            {
+                Some(peer)
+            }
+            _ => None,
+        }
+    }
+
     /// The person the caller's certificate names.
     fn user_of<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let peer = Peer::of(req)
@@ -992,9 +1011,13 @@ impl Node for NodeApi {
         &self,
         req: Request<pb::AuditRequest>,
     ) -> Result<Response<pb::AuditReply>, Status> {
-        let r = match self.0.machine_of(&req) {
-            Ok(m) => self.0.agent_audit(m, req.into_inner().events).await,
-            Err(e) => Err(e),
+        let r = match (self.0.machine_of(&req), self.0.service_of(&req)) {
+            (Ok(m), _) => self.0.agent_audit(m, req.into_inner().events).await,
+            (Err(_), Some(proxy)) => self.0.mesh_audit(&proxy, req.into_inner().events).await,
+            (Err(e), None) => Err(Status::permission_denied(format!(
+                "{}; only machines (agent.* events) and services' mesh proxies (mesh.* events) record audit events here",
+                e.message()
+            ))),
         };
         self.0.metrics.observe("Node/Audit", &r);
         r.map(|()| Response::new(pb::AuditReply {}))
@@ -1270,6 +1293,49 @@ impl State {
                     i + 1,
                     e.action
                 )));
+            }
+            checked.push(e);
+        }
+        for e in &checked {
+            self.parts.audit.record_once(e).await.map_err(|e| {
+                Status::unavailable(format!("the audit log could not record it: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    /// Events a service's mesh proxy forwards from its spool: `mesh.*` actions only, each
+    /// naming the caller as the proxy that recorded it (`details.proxy`). The actor is whoever
+    /// the proxy saw (the refused caller, say), so the log keeps who reported it beside it.
+    async fn mesh_audit(&self, proxy: &SpiffeId, events: Vec<Vec<u8>>) -> Result<(), Status> {
+        if events.len() > MAX_AUDIT_EVENTS {
+            return Err(Status::invalid_argument(format!(
+                "{} events in one call; at most {MAX_AUDIT_EVENTS}",
+                events.len()
+            )));
+        }
+        let mut checked = Vec::with_capacity(events.len());
+        for (i, bytes) in events.iter().enumerate() {
+            let e = Event::decode(bytes)
+                .map_err(|e| Status::invalid_argument(format!("event {}: {e}", i + 1)))?;
+            if !e.action.starts_with("mesh.") {
+                return Err(Status::permission_denied(format!(
+                    "event {}: a mesh proxy records only mesh.* actions, not {:?}",
+                    i + 1,
+                    e.action
+                )));
+            }
+            match e.details.get("proxy") {
+                Some(p) if p == proxy.as_str() => {}
+                other => {
+                    return Err(Status::permission_denied(format!(
+                        "event {}: recorded by proxy {}, but the caller is {proxy}",
+                        i + 1,
+                        other.map_or("(none)", String::as_str)
+                    )));
+                }
             }
             checked.push(e);
         }

@@ -28,8 +28,12 @@
 //! forward = "127.0.0.1:8090"            # the service's port for them (never inbound.forward)
 //! allow_from = ["10.0.0.0/8"]
 //!
-//! [endpoints]                           # where services are (until discovery is configured)
-//! "orders.shop" = ["10.0.0.2:15443"]
+//! [discovery]                           # where services are: the control plane's discovery
+//! control_plane = "10.0.0.1:7443"       # its API (mTLS with this proxy's SVID)
+//! port = "mesh"                         # the job port of each task's inbound proxy
+//!
+//! [endpoints]                           # fixed endpoints; a service listed here is not
+//! "orders.shop" = ["10.0.0.2:15443"]    # looked up in discovery
 //!
 //! [policy]
 //! file = "access.cedar"                 # re-read on change; live connections follow
@@ -42,6 +46,7 @@
 //! [telemetry]
 //! metrics = "127.0.0.1:15090"           # Prometheus /metrics
 //! audit_spool = "mesh-audit.redb"       # every denial, and one allow in `allow_sample`
+//! forward_to = "10.0.0.1:7443"          # the control plane: the spool drains into its log
 //! allow_sample = 100
 //! ```
 
@@ -59,8 +64,9 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::discovery::{DiscoveryOptions, DiscoveryResolver};
 use crate::h1::Conn;
-use crate::proxy::{Limits, Mesh, MeshParts, PolicyHandle, StaticResolver};
+use crate::proxy::{Limits, Mesh, MeshParts, PolicyHandle, Resolver, StaticResolver};
 use crate::telemetry::Telemetry;
 
 /// The whole file.
@@ -82,7 +88,10 @@ pub struct MeshConfig {
     /// Plain ports for clients outside the mesh.
     #[serde(default)]
     pub ingress: Vec<IngressConfig>,
-    /// Static endpoints, `"<service>.<namespace>" = ["addr:port", ...]`.
+    /// Endpoints from the control plane.
+    pub discovery: Option<DiscoveryConfig>,
+    /// Static endpoints, `"<service>.<namespace>" = ["addr:port", ...]`; they take precedence
+    /// over discovery for the services they name.
     #[serde(default)]
     pub endpoints: HashMap<String, Vec<SocketAddr>>,
     /// Service-access policy.
@@ -166,6 +175,21 @@ pub struct OutboundConfig {
     pub listen: SocketAddr,
 }
 
+/// Endpoints from the control plane's discovery service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// The control plane's API address.
+    pub control_plane: SocketAddr,
+    /// The name of the job port each task's inbound proxy listens on.
+    #[serde(default = "default_port_name")]
+    pub port: String,
+}
+
+fn default_port_name() -> String {
+    "mesh".into()
+}
+
 /// Service-access policy.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -196,6 +220,9 @@ pub struct TelemetryConfig {
     pub metrics: Option<SocketAddr>,
     /// Audit spool file.
     pub audit_spool: Option<PathBuf>,
+    /// The control plane's API: the spool is forwarded there, into the central audit log,
+    /// every second it can be reached. Needs `audit_spool`.
+    pub forward_to: Option<SocketAddr>,
     /// Record one allow in this many (0: none).
     #[serde(default = "default_sample")]
     pub allow_sample: u64,
@@ -206,6 +233,7 @@ impl Default for TelemetryConfig {
         Self {
             metrics: None,
             audit_spool: None,
+            forward_to: None,
             allow_sample: default_sample(),
         }
     }
@@ -333,6 +361,15 @@ impl MeshConfig {
         for name in cfg.endpoints.keys() {
             ringfence_policy::ServiceName::parse(name)
                 .map_err(|e| ConfigError::Invalid(format!("endpoints: {e}")))?;
+        }
+        if cfg.telemetry.forward_to.is_some() && cfg.telemetry.audit_spool.is_none() {
+            return Err(ConfigError::Invalid(
+                "telemetry.forward_to needs telemetry.audit_spool: events are spooled, then forwarded".into(),
+            ));
+        }
+        if let Some(d) = &cfg.discovery {
+            ringfence_core::Name::parse(&d.port)
+                .map_err(|e| ConfigError::Invalid(format!("discovery.port: {e}")))?;
         }
         Ok(cfg)
     }
@@ -482,15 +519,45 @@ pub async fn run(
             let spool = ringfence_audit::Spool::open(path).await.map_err(|e| {
                 ConfigError::Invalid(format!("audit spool {}: {e}", path.display()))
             })?;
+            if let Some(addr) = cfg.telemetry.forward_to {
+                let channel = ringfence_api::transport::control_plane_channel(
+                    addr,
+                    material_rx.clone(),
+                    Arc::clone(&clock),
+                )
+                .map_err(|e| ConfigError::Invalid(format!("telemetry.forward_to: {e}")))?;
+                tokio::spawn(forward_audit(spool.clone(), channel));
+            }
             Telemetry::with_audit(Arc::new(spool), cfg.telemetry.allow_sample)
         }
         None => Telemetry::new(),
+    };
+    let resolver: Arc<dyn Resolver> = match &cfg.discovery {
+        None => Arc::new(StaticResolver(cfg.endpoints.clone())),
+        Some(d) => {
+            let channel = ringfence_api::transport::control_plane_channel(
+                d.control_plane,
+                material_rx.clone(),
+                Arc::clone(&clock),
+            )
+            .map_err(|e| ConfigError::Invalid(format!("discovery: {e}")))?;
+            Arc::new(Layered {
+                fixed: StaticResolver(cfg.endpoints.clone()),
+                discovery: DiscoveryResolver::new(
+                    channel,
+                    DiscoveryOptions {
+                        port_name: d.port.clone(),
+                        ..DiscoveryOptions::default()
+                    },
+                ),
+            })
+        }
     };
     let mesh = Arc::new(Mesh::new(MeshParts {
         material: material_rx,
         policy,
         tokens,
-        resolver: Arc::new(StaticResolver(cfg.endpoints.clone())),
+        resolver,
         telemetry: Arc::new(telemetry),
         clock,
         limits: Limits::default(),
@@ -573,6 +640,76 @@ pub async fn run(
         Some(Ok(r)) => r.map_err(ConfigError::from),
         Some(Err(e)) => Err(ConfigError::Invalid(format!("listener task failed: {e}"))),
         None => Ok(()),
+    }
+}
+
+/// The control plane's audit log, through `Node.Audit` (which takes `mesh.*` events from the
+/// service's own proxy).
+#[derive(Debug)]
+struct CentralAudit(ringfence_api::pb::node_client::NodeClient<tonic::transport::Channel>);
+
+#[async_trait::async_trait]
+impl ringfence_audit::AuditSink for CentralAudit {
+    async fn record(
+        &self,
+        event: &ringfence_audit::Event,
+    ) -> Result<(), ringfence_audit::AuditError> {
+        self.0
+            .clone()
+            .audit(ringfence_api::pb::AuditRequest {
+                events: vec![event.encode()?],
+            })
+            .await
+            .map_err(|s| {
+                ringfence_audit::AuditError::Append(format!("Node.Audit: {}", s.message()))
+            })?;
+        Ok(())
+    }
+}
+
+/// Drains `spool` into the central log every second; what cannot be sent stays spooled.
+async fn forward_audit(spool: ringfence_audit::Spool, channel: tonic::transport::Channel) {
+    let sink = CentralAudit(ringfence_api::pb::node_client::NodeClient::new(channel));
+    let mut failing = false;
+    loop {
+        match spool.forward_to(&sink).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(events = n, "mesh audit events forwarded");
+                }
+                if failing {
+                    tracing::info!("mesh audit events reach the control plane again");
+                    failing = false;
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "mesh audit events stay spooled until the control plane takes them");
+                    failing = true;
+                }
+            }
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+    }
+}
+
+/// Fixed endpoints first, then discovery.
+#[derive(Debug)]
+struct Layered {
+    fixed: StaticResolver,
+    discovery: DiscoveryResolver,
+}
+
+#[async_trait::async_trait]
+impl Resolver for Layered {
+    async fn endpoints(
+        &self,
+        service: &ringfence_policy::ServiceName,
+    ) -> Result<Arc<[SocketAddr]>, String> {
+        if self.fixed.0.contains_key(&service.to_string()) {
+            return self.fixed.endpoints(service).await;
+        }
+        self.discovery.endpoints(service).await
     }
 }
 

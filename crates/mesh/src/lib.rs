@@ -6,6 +6,7 @@
 //! See `docs/mesh.md` for the model and the configuration.
 
 pub mod config;
+pub mod discovery;
 pub mod h1;
 pub mod h2;
 pub mod proxy;

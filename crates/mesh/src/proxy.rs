@@ -12,7 +12,7 @@
 //! carries a transaction token.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -40,8 +40,8 @@ use crate::telemetry::{Outcome, Telemetry};
 /// Where a service's endpoints come from.
 #[async_trait::async_trait]
 pub trait Resolver: Send + Sync + std::fmt::Debug {
-    /// The mesh addresses of `service`'s endpoints (may be empty).
-    async fn endpoints(&self, service: &ServiceName) -> Vec<SocketAddr>;
+    /// The mesh addresses of `service`'s endpoints (may be empty), or why they are not known.
+    async fn endpoints(&self, service: &ServiceName) -> Result<Arc<[SocketAddr]>, String>;
 }
 
 /// Endpoints from configuration.
@@ -50,11 +50,12 @@ pub struct StaticResolver(pub HashMap<String, Vec<SocketAddr>>);
 
 #[async_trait::async_trait]
 impl Resolver for StaticResolver {
-    async fn endpoints(&self, service: &ServiceName) -> Vec<SocketAddr> {
-        self.0
+    async fn endpoints(&self, service: &ServiceName) -> Result<Arc<[SocketAddr]>, String> {
+        Ok(self
+            .0
             .get(&service.to_string())
-            .cloned()
-            .unwrap_or_default()
+            .map(|v| Arc::from(v.as_slice()))
+            .unwrap_or_else(|| Arc::from(Vec::new())))
     }
 }
 
@@ -96,6 +97,10 @@ pub struct Limits {
     pub response: Duration,
     /// How long connecting (and the TLS handshake) may take.
     pub connect: Duration,
+    /// Connections one source address may hold open at once on the inbound and plain
+    /// ingress ports; more are closed at once (counted, and audited within the address's
+    /// budget).
+    pub per_source: usize,
 }
 
 impl Default for Limits {
@@ -104,6 +109,53 @@ impl Default for Limits {
             idle: Duration::from_secs(60),
             response: Duration::from_secs(60),
             connect: Duration::from_secs(5),
+            per_source: 512,
+        }
+    }
+}
+
+/// Open connections per source address.
+#[derive(Debug, Default)]
+pub(crate) struct SourceCounts(Mutex<HashMap<IpAddr, usize>>);
+
+/// One open connection from an address; dropping it frees the slot.
+#[derive(Debug)]
+pub(crate) struct SourceSlot {
+    counts: Arc<SourceCounts>,
+    ip: IpAddr,
+}
+
+impl SourceCounts {
+    /// A slot for `ip`, unless it already holds `max`.
+    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            counts: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
         }
     }
 }
@@ -130,6 +182,7 @@ pub struct Mesh {
     next: AtomicUsize,
     clients: Mutex<HashMap<ClientKey, Arc<rustls::ClientConfig>>>,
     h2_upstreams: Mutex<HashMap<String, Arc<crate::h2::Upstream>>>,
+    sources: Arc<SourceCounts>,
 }
 
 /// What a proxy is built from.
@@ -205,6 +258,7 @@ impl Mesh {
             next: AtomicUsize::new(0),
             clients: Mutex::new(HashMap::new()),
             h2_upstreams: Mutex::new(HashMap::new()),
+            sources: Arc::default(),
         })
     }
 
@@ -231,6 +285,32 @@ impl Mesh {
     /// The timeouts.
     pub(crate) fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// A slot for one more connection from `addr` on `port`, or `None` (counted and audited)
+    /// when that address holds the most allowed.
+    pub(crate) fn admit_source(&self, addr: SocketAddr, port: u16) -> Option<SourceSlot> {
+        let slot = self.sources.take(addr.ip(), self.limits.per_source);
+        if slot.is_none() {
+            self.telemetry.connection_refused();
+            let reason = format!(
+                "{} already holds {} connections to port {port}, the most one address may",
+                addr.ip(),
+                self.limits.per_source
+            );
+            tracing::debug!(%addr, "{reason}");
+            self.telemetry.audit_from(
+                addr.ip(),
+                self.event(
+                    &self.me,
+                    "mesh.connection",
+                    format!("peer {addr}"),
+                    AuditDecision::Deny,
+                    &reason,
+                ),
+            );
+        }
+        slot
     }
 
     /// A `mesh.request` event by `peer`.
@@ -329,12 +409,17 @@ impl Mesh {
         }
         let acceptor =
             tokio_rustls::TlsAcceptor::from(Arc::new(self.inbound_tls(tcp_forward.is_some())?));
+        let port = listener.local_addr()?.port();
         loop {
             let (tcp, addr) = listener.accept().await?;
+            let Some(slot) = self.admit_source(addr, port) else {
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let this = Arc::clone(&self);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 match tokio::time::timeout(this.limits.connect * 2, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let peer = tls
@@ -367,13 +452,16 @@ impl Mesh {
     fn handshake_refused(&self, addr: SocketAddr, reason: &str) {
         self.telemetry.handshake_failed();
         tracing::info!(%addr, reason, "mesh handshake refused");
-        self.telemetry.audit(self.event(
-            &self.me,
-            "mesh.handshake",
-            format!("peer {addr}"),
-            AuditDecision::Deny,
-            reason,
-        ));
+        self.telemetry.audit_from(
+            addr.ip(),
+            self.event(
+                &self.me,
+                "mesh.handshake",
+                format!("peer {addr}"),
+                AuditDecision::Deny,
+                reason,
+            ),
+        );
     }
 
     async fn inbound_connection<S: AsyncRead + AsyncWrite + Unpin>(
@@ -691,7 +779,14 @@ impl Mesh {
                 status: 400,
                 reason: format!("{service}: {e}"),
             })?;
-        let endpoints = self.resolver.endpoints(service).await;
+        let endpoints = self
+            .resolver
+            .endpoints(service)
+            .await
+            .map_err(|reason| Refusal {
+                status: 503,
+                reason,
+            })?;
         if endpoints.is_empty() {
             return Err(Refusal {
                 status: 503,

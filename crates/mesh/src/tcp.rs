@@ -356,10 +356,16 @@ impl Mesh {
         let allow_from: Arc<[Cidr]> = allow_from.into();
         loop {
             let (tcp, addr) = listener.accept().await?;
+            let Some(slot) = self.admit_source(addr, port) else {
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let this = Arc::clone(&self);
             let allow_from = Arc::clone(&allow_from);
-            tokio::spawn(async move { this.ingress(tcp, addr, port, forward, &allow_from).await });
+            tokio::spawn(async move {
+                let _slot = slot;
+                this.ingress(tcp, addr, port, forward, &allow_from).await;
+            });
         }
     }
 
@@ -382,7 +388,8 @@ impl Mesh {
             tracing::info!(%client, port, "plain ingress refused");
             self.telemetry()
                 .count("external", &callee, Outcome::Deny, 403);
-            self.telemetry().audit(
+            self.telemetry().audit_from(
+                client.ip(),
                 self.event(&me, "mesh.ingress", target, AuditDecision::Deny, &reason)
                     .with_detail("client", client.to_string())
                     .with_detail("status", "403"),

@@ -3,13 +3,19 @@
 //!
 //! Audit events go through a bounded queue to the sink, so a flood of refused requests slows
 //! nothing down; when the queue is full the event is counted in
-//! `ringfence_mesh_audit_dropped_total` instead.
+//! `ringfence_mesh_audit_dropped_total` instead. Refusals anyone on the network can cause
+//! without an SVID (a failed handshake, a client outside an ingress allow list, one connection
+//! too many) are audited at most [`AUDIT_PER_SOURCE`] times per source address in each
+//! [`AUDIT_WINDOW`]; the rest are counted in `ringfence_mesh_audit_suppressed_total`, and the
+//! next event audited for that address says how many were left out (`suppressed_before`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use ringfence_audit::{AuditSink, Event};
 use tokio::sync::mpsc;
@@ -40,6 +46,21 @@ impl Outcome {
 
 type Key = (String, String, Outcome, u16);
 
+/// Unauthenticated refusals audited per source address in each window.
+pub const AUDIT_PER_SOURCE: u32 = 20;
+/// The window of [`AUDIT_PER_SOURCE`].
+pub const AUDIT_WINDOW: Duration = Duration::from_secs(10);
+/// Source addresses tracked at once; past this, a new address's events are suppressed until
+/// the window turns.
+const MAX_SOURCES: usize = 4096;
+
+#[derive(Debug)]
+struct Budget {
+    since: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
 /// Counters and the audit queue.
 #[derive(Debug)]
 pub struct Telemetry {
@@ -49,6 +70,9 @@ pub struct Telemetry {
     dropped: AtomicU64,
     sample_every: u64,
     seen_allows: AtomicU64,
+    budgets: Mutex<HashMap<IpAddr, Budget>>,
+    suppressed: AtomicU64,
+    connections_refused: AtomicU64,
 }
 
 /// Audit queue length.
@@ -64,6 +88,9 @@ impl Telemetry {
             dropped: AtomicU64::new(0),
             sample_every: 0,
             seen_allows: AtomicU64::new(0),
+            budgets: Mutex::new(HashMap::new()),
+            suppressed: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
         }
     }
 
@@ -109,6 +136,53 @@ impl Telemetry {
         }
     }
 
+    /// Queues a refusal caused from `source` without an SVID, within that address's budget
+    /// (see the module documentation).
+    pub fn audit_from(&self, source: IpAddr, event: Event) {
+        let now = Instant::now();
+        let suppressed_before = {
+            let mut budgets = self
+                .budgets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if budgets.len() >= MAX_SOURCES && !budgets.contains_key(&source) {
+                budgets.retain(|_, b| now.duration_since(b.since) < AUDIT_WINDOW);
+            }
+            if budgets.len() >= MAX_SOURCES && !budgets.contains_key(&source) {
+                drop(budgets);
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let b = budgets.entry(source).or_insert(Budget {
+                since: now,
+                used: 0,
+                suppressed: 0,
+            });
+            if now.duration_since(b.since) >= AUDIT_WINDOW {
+                b.since = now;
+                b.used = 0;
+            }
+            if b.used >= AUDIT_PER_SOURCE {
+                b.suppressed += 1;
+                drop(budgets);
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            b.used += 1;
+            std::mem::take(&mut b.suppressed)
+        };
+        if suppressed_before > 0 {
+            self.audit(event.with_detail("suppressed_before", suppressed_before.to_string()));
+        } else {
+            self.audit(event);
+        }
+    }
+
+    /// Counts a connection refused because its address holds too many.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Queues an allow if it is the sampled one.
     pub fn audit_allow(&self, event: impl FnOnce() -> Event) {
         if self.sample_every == 0 {
@@ -151,6 +225,16 @@ impl Telemetry {
             out,
             "# HELP ringfence_mesh_audit_dropped_total Audit events dropped because the queue was full.\n# TYPE ringfence_mesh_audit_dropped_total counter\nringfence_mesh_audit_dropped_total {}",
             self.dropped.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ringfence_mesh_audit_suppressed_total Unauthenticated refusals not audited because their source address used its budget.\n# TYPE ringfence_mesh_audit_suppressed_total counter\nringfence_mesh_audit_suppressed_total {}",
+            self.suppressed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ringfence_mesh_connections_refused_total Connections closed because their source address held the most allowed.\n# TYPE ringfence_mesh_connections_refused_total counter\nringfence_mesh_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
         );
         out
     }

@@ -337,6 +337,92 @@ async fn plain_ingress_only_from_the_networks_listed() {
     );
 }
 
+#[tokio::test]
+async fn one_address_holds_only_so_many_connections() {
+    let world = World::new();
+    let backend = speaks_first().await;
+    let (mesh, audit, _tx) = world.mesh_limited(ORDERS, policy(Mode::Enforce), HashMap::new(), 2);
+    std::mem::forget(_tx);
+    let (inbound, inbound_addr) = listener().await;
+    tokio::spawn(Arc::clone(&mesh).serve_inbound(inbound, backend));
+    let (ingress, ingress_addr) = listener().await;
+    tokio::spawn(Arc::clone(&mesh).serve_ingress(
+        ingress,
+        backend,
+        vec![Cidr::parse("127.0.0.0/8").unwrap()],
+    ));
+    // Two connections that never finish a handshake hold both of 127.0.0.1's slots on the
+    // inbound port; the third is closed at once, without waiting for a handshake timeout.
+    let _a = TcpStream::connect(inbound_addr).await.unwrap();
+    let _b = TcpStream::connect(inbound_addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut c = TcpStream::connect(inbound_addr).await.unwrap();
+    let started = std::time::Instant::now();
+    assert_closed(&mut c).await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let e = audited(&audit, |e| e.action == "mesh.connection").await;
+    assert_eq!(e.decision, Decision::Deny);
+    assert_eq!(
+        e.reason,
+        format!(
+            "127.0.0.1 already holds 2 connections to port {}, the most one address may",
+            inbound_addr.port()
+        )
+    );
+    // The count is per address across the proxy's public ports: ingress is full too.
+    let mut d = TcpStream::connect(ingress_addr).await.unwrap();
+    assert_closed(&mut d).await;
+    // A closed connection frees its slot.
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut e2 = TcpStream::connect(ingress_addr).await.unwrap();
+    assert_eq!(read_n(&mut e2, 6).await, b"hello\n");
+    let m = mesh.telemetry().render();
+    assert!(
+        m.contains("ringfence_mesh_connections_refused_total 2"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn refusals_without_an_svid_are_audited_within_a_budget_per_address() {
+    let world = World::new();
+    let backend = speaks_first().await;
+    let (mesh, audit, _tx) = world.mesh(ORDERS, policy(Mode::Enforce), HashMap::new());
+    std::mem::forget(_tx);
+    let (closed, closed_addr) = listener().await;
+    tokio::spawn(Arc::clone(&mesh).serve_ingress(
+        closed,
+        backend,
+        vec![Cidr::parse("10.0.0.0/8").unwrap()],
+    ));
+    let budget = ringfence_mesh::telemetry::AUDIT_PER_SOURCE as usize;
+    for _ in 0..budget + 15 {
+        let mut c = TcpStream::connect(closed_addr).await.unwrap();
+        assert_closed(&mut c).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ingress = audit
+        .events()
+        .into_iter()
+        .filter(|e| e.action == "mesh.ingress")
+        .count();
+    assert_eq!(ingress, budget, "one address fills the audit only so far");
+    let m = mesh.telemetry().render();
+    assert!(
+        m.contains("ringfence_mesh_audit_suppressed_total 15"),
+        "{m}"
+    );
+    // Every refusal is still counted.
+    assert!(
+        m.contains(&format!(
+            "caller=\"external\",callee=\"orders.shop\",decision=\"deny\",code=\"403\"}} {}",
+            budget + 15
+        )),
+        "{m}"
+    );
+}
+
 #[test]
 fn configuration_refuses_open_egress_and_unbounded_ingress() {
     let base = std::path::Path::new("/");

@@ -196,6 +196,21 @@ impl World {
         Arc<MemorySink>,
         watch::Sender<Option<X509Material>>,
     ) {
+        self.mesh_limited(id, policy, endpoints, Limits::default().per_source)
+    }
+
+    /// [`World::mesh`] with at most `per_source` connections per address.
+    pub fn mesh_limited(
+        &self,
+        id: &str,
+        policy: AccessPolicy,
+        endpoints: HashMap<String, Vec<SocketAddr>>,
+        per_source: usize,
+    ) -> (
+        Arc<Mesh>,
+        Arc<MemorySink>,
+        watch::Sender<Option<X509Material>>,
+    ) {
         let (tx, rx) = watch::channel(Some(self.pki.svid(id)));
         let audit = Arc::new(MemorySink::default());
         let mesh = Mesh::new(MeshParts {
@@ -212,6 +227,7 @@ impl World {
                 idle: Duration::from_secs(5),
                 response: Duration::from_secs(5),
                 connect: Duration::from_secs(2),
+                per_source,
             },
         })
         .unwrap();
