@@ -321,13 +321,21 @@ impl ringfence_audit::AuditSink for RemoteAudit {
         &self,
         event: &ringfence_audit::Event,
     ) -> Result<(), ringfence_audit::AuditError> {
-        let bytes = event.encode()?;
+        self.record_batch_once(std::slice::from_ref(event)).await
+    }
+
+    async fn record_batch_once(
+        &self,
+        events: &[ringfence_audit::Event],
+    ) -> Result<(), ringfence_audit::AuditError> {
+        let events = events
+            .iter()
+            .map(ringfence_audit::Event::encode)
+            .collect::<Result<Vec<_>, _>>()?;
         self.0
             .node
             .clone()
-            .audit(pb::AuditRequest {
-                events: vec![bytes],
-            })
+            .audit(pb::AuditRequest { events })
             .await
             .map_err(|s| ringfence_audit::AuditError::Append(rpc("audit", s)))?;
         Ok(())

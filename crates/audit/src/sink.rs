@@ -26,6 +26,16 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug {
     async fn record_once(&self, event: &Event) -> Result<(), AuditError> {
         self.record(event).await
     }
+
+    /// [`AuditSink::record_once`] for several events, oldest first; a sink behind an API
+    /// sends them in one call. On an error some may have been recorded: sending them again is
+    /// safe, since each is recorded once.
+    async fn record_batch_once(&self, events: &[Event]) -> Result<(), AuditError> {
+        for e in events {
+            self.record_once(e).await?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -101,8 +111,8 @@ impl Spool {
         self.forward_to(log).await
     }
 
-    /// [`Spool::forward`] to any sink (through [`AuditSink::record_once`]): a remote log
-    /// behind an API, say.
+    /// [`Spool::forward`] to any sink (through [`AuditSink::record_batch_once`], up to 256
+    /// events at a time): a remote log behind an API, say.
     pub async fn forward_to(&self, sink: &dyn AuditSink) -> Result<usize, AuditError> {
         let mut forwarded = 0;
         loop {
@@ -113,9 +123,13 @@ impl Spool {
             if page.items.is_empty() {
                 return Ok(forwarded);
             }
+            let events = page
+                .items
+                .iter()
+                .map(|item| Event::decode(&item.value))
+                .collect::<Result<Vec<_>, _>>()?;
+            sink.record_batch_once(&events).await?;
             for item in page.items {
-                let event = Event::decode(&item.value)?;
-                sink.record_once(&event).await?;
                 self.store
                     .delete(&item.key, Expect::Revision(item.mod_revision))
                     .await?;

@@ -527,6 +527,33 @@ async fn mesh_denials_reach_the_central_audit_log_and_nothing_else_does() {
         Some(orders_id.as_str())
     );
     assert!(e.reason.contains("default-deny is on"), "{}", e.reason);
+    // A burst larger than one forwarded batch (256) arrives whole, each event once.
+    for _ in 0..299 {
+        assert_eq!(get(web.outbound.unwrap(), "orders.shop").await.0, 403);
+    }
+    eventually("all 300 denials in the central log", async || {
+        p.events()
+            .await
+            .iter()
+            .filter(|e| e.action == "mesh.request" && e.decision == Decision::Deny)
+            .count()
+            >= 300
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let denials: Vec<String> = p
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "mesh.request")
+        .map(|e| e.id)
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = denials.iter().collect();
+    assert_eq!(
+        (denials.len(), distinct.len()),
+        (300, 300),
+        "each denial once"
+    );
 
     // Another workload cannot put words in orders' proxy's mouth, nor record anything but
     // mesh events.
