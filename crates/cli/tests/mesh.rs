@@ -270,6 +270,22 @@ fn two_proxies_a_token_service_and_curl() {
     let (code, body) = curl(outbound, "POST", "/checkout", &[]);
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("ringfence: denied: no policy permits spiffe://example.org/ns/shop/svc/web to POST /checkout on orders.shop"), "{body}");
+    // An unmodified client pointed at the outbound side as its HTTP proxy (HTTP_PROXY, -x).
+    let via_proxy = sh(Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "10",
+            "-x",
+            &format!("http://127.0.0.1:{outbound}"),
+        ])
+        .args(["-w", "\n%{http_code}", "http://orders.shop/orders/2"]));
+    assert!(via_proxy.ends_with("\n200"), "{via_proxy}");
+    assert!(via_proxy.contains("GET /orders/2 HTTP/1.1"), "{via_proxy}");
+    assert!(
+        via_proxy.contains(&format!("ringfence-caller: {WEB}")),
+        "{via_proxy}"
+    );
     let (code, body) = curl(outbound, "GET", "//admin", &[]);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("ringfence: empty path segment"), "{body}");
@@ -282,7 +298,7 @@ fn two_proxies_a_token_service_and_curl() {
     ]));
     for line in [
         format!(
-            "ringfence_mesh_requests_total{{caller=\"{WEB}\",callee=\"orders.shop\",decision=\"allow\",code=\"200\"}} 2"
+            "ringfence_mesh_requests_total{{caller=\"{WEB}\",callee=\"orders.shop\",decision=\"allow\",code=\"200\"}} 3"
         ),
         format!(
             "ringfence_mesh_requests_total{{caller=\"{WEB}\",callee=\"orders.shop\",decision=\"deny\",code=\"403\"}} 1"

@@ -920,21 +920,37 @@ impl Mesh {
     ) -> Result<(ServiceName, Vec<u8>, BodyFraming), (String, Refusal)> {
         let q = |r| ("?".to_owned(), r);
         Method::parse(&head.method).map_err(q)?;
-        let target = normalize_target(&head.target).map_err(q)?;
+        let (authority, origin) = absolute_form(&head.target).map_err(q)?;
+        let target = normalize_target(origin).map_err(q)?;
         let framing: BodyFraming =
             request_framing(head.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())))
                 .map_err(q)?
                 .into();
-        let host = head
+        let given = head
             .one("host")
             .map_err(q)?
-            .map(|h| String::from_utf8_lossy(h).into_owned())
-            .ok_or_else(|| {
-                q(Refusal {
+            .map(|h| String::from_utf8_lossy(h).into_owned());
+        let host = match (given, authority) {
+            (Some(h), Some(a)) if h != a => {
+                return Err(q(Refusal {
+                    status: 400,
+                    reason: format!(
+                        "Host {:?} differs from the request target's authority {:?}",
+                        h.chars().take(64).collect::<String>(),
+                        a.chars().take(64).collect::<String>()
+                    ),
+                }));
+            }
+            (Some(h), _) => h,
+            (None, Some(a)) => a.to_owned(),
+            (None, None) => {
+                return Err(q(Refusal {
                     status: 400,
                     reason: "missing Host: name the service as <service>.<namespace>".into(),
-                })
-            })?;
+                }));
+            }
+        };
+        let add_host = head.one("host").map_err(q)?.is_none();
         let bare = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
         let service = ServiceName::parse(bare).map_err(|_| {
             q(Refusal {
@@ -952,6 +968,9 @@ impl Mesh {
             }));
         }
         let mut extra: Vec<(&str, Vec<u8>)> = Vec::new();
+        if add_host {
+            extra.push(("host", host.clone().into_bytes()));
+        }
         if let Some(token) = head.one(txn::TOKEN_HEADER).map_err(q)? {
             let link = self.link_for(token, &service).map_err(q)?;
             let chain = match head.one(txn::CHAIN_HEADER).map_err(q)? {
@@ -995,6 +1014,42 @@ impl Mesh {
             .ok_or_else(|| unauthorized("no SVID".into()))?;
         txn::sign_link(&verified, &material, &target, now).map_err(|e| unauthorized(e.to_string()))
     }
+}
+
+/// Splits an absolute-form target (`http://orders.shop/path`, as a client sends it to a
+/// proxy named in `HTTP_PROXY`) into its authority and its origin form; an origin-form target
+/// passes through with no authority. Only `http://` is taken: the mesh adds the TLS, and
+/// userinfo, an empty authority or one carrying `?` or `#` are refused.
+fn absolute_form(target: &str) -> Result<(Option<&str>, &str), Refusal> {
+    let scheme = |s: &str| {
+        target
+            .get(..s.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(s))
+    };
+    if scheme("https://") {
+        return Err(Refusal {
+            status: 400,
+            reason: "an https:// target through the outbound side: send http://, the mesh adds the TLS (with both SVIDs)".into(),
+        });
+    }
+    if !scheme("http://") {
+        return Ok((None, target));
+    }
+    let rest = target.get("http://".len()..).unwrap_or("");
+    let (authority, origin) = match rest.find('/') {
+        Some(i) => (rest.get(..i).unwrap_or(""), rest.get(i..).unwrap_or("/")),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains(['@', '?', '#', '\\']) {
+        return Err(Refusal {
+            status: 400,
+            reason: format!(
+                "request target authority {:?}: name the service as <service>.<namespace>",
+                authority.chars().take(64).collect::<String>()
+            ),
+        });
+    }
+    Ok((Some(authority), origin))
 }
 
 /// Whether the client opened with the HTTP/2 preface (prior knowledge), looking without

@@ -404,6 +404,79 @@ async fn a_certificate_without_the_client_auth_eku() {
 }
 
 #[tokio::test]
+async fn the_outbound_side_takes_absolute_form_as_a_proxy_client_sends_it() {
+    let s = setup(Mode::Enforce).await;
+    // With and without Host, as HTTP_PROXY clients send it: the service sees origin form.
+    for req in [
+        "GET http://orders.shop/orders/%61b HTTP/1.1\r\nHost: orders.shop\r\nProxy-Connection: keep-alive\r\n\r\n",
+        "GET HTTP://orders.shop/orders/ab HTTP/1.1\r\n\r\n",
+    ] {
+        let (status, text) = raw_plain(s.web.addr, req.as_bytes()).await.unwrap();
+        assert_eq!(status, 200, "{req}: {text}");
+        assert!(text.contains("GET /orders/ab\n"), "{text}");
+        assert!(text.contains("host: orders.shop\n"), "{text}");
+        assert!(!text.contains("proxy-connection"), "{text}");
+        assert!(
+            text.contains(&format!("ringfence-caller: {WEB}\n")),
+            "{text}"
+        );
+    }
+    // The path goes through the same normalizer; the authority must agree with Host and name
+    // a service; no userinfo, no https.
+    for (req, status, message) in [
+        (
+            "GET http://orders.shop//admin HTTP/1.1\r\nHost: orders.shop\r\n\r\n",
+            400,
+            "ringfence: empty path segment",
+        ),
+        (
+            "GET http://orders.shop/orders/1 HTTP/1.1\r\nHost: admin.shop\r\n\r\n",
+            400,
+            "ringfence: Host \"admin.shop\" differs from the request target's authority \"orders.shop\"",
+        ),
+        (
+            "GET http://admin@orders.shop/ HTTP/1.1\r\n\r\n",
+            400,
+            "ringfence: request target authority \"admin@orders.shop\": name the service as <service>.<namespace>",
+        ),
+        (
+            "GET http:///orders HTTP/1.1\r\nHost: orders.shop\r\n\r\n",
+            400,
+            "ringfence: request target authority \"\"",
+        ),
+        (
+            "GET https://orders.shop/ HTTP/1.1\r\nHost: orders.shop\r\n\r\n",
+            400,
+            "ringfence: an https:// target through the outbound side: send http://",
+        ),
+        (
+            "GET http://Orders.Shop/ HTTP/1.1\r\n\r\n",
+            400,
+            "does not name a mesh service <service>.<namespace> (lower case)",
+        ),
+        (
+            "GET ftp://orders.shop/ HTTP/1.1\r\nHost: orders.shop\r\n\r\n",
+            400,
+            "request target must be a path starting with '/'",
+        ),
+    ] {
+        let (got, text) = raw_plain(s.web.addr, req.as_bytes()).await.unwrap();
+        assert_eq!(got, status, "{req}: {text}");
+        assert!(text.contains(message), "{req}: {text}");
+    }
+    // None of those reached the callee.
+    assert!(
+        s.orders
+            .audit
+            .events()
+            .iter()
+            .all(|e| e.decision != Decision::Deny),
+        "{:#?}",
+        s.orders.audit.events()
+    );
+}
+
+#[tokio::test]
 async fn the_outbound_side_checks_the_servers_identity() {
     let world = World::new();
     let backend = echo_backend().await;
