@@ -49,6 +49,9 @@ impl AuditSink for AuditLog {
     }
 }
 
+/// The most encoded bytes [`Spool::forward_to`] hands a sink in one batch.
+pub const BATCH_BYTES: usize = 1 << 20;
+
 /// A durable local queue of events for the log (its own redb file).
 #[derive(Debug, Clone)]
 pub struct Spool {
@@ -123,17 +126,32 @@ impl Spool {
             if page.items.is_empty() {
                 return Ok(forwarded);
             }
-            let events = page
-                .items
-                .iter()
-                .map(|item| Event::decode(&item.value))
-                .collect::<Result<Vec<_>, _>>()?;
-            sink.record_batch_once(&events).await?;
-            for item in page.items {
-                self.store
-                    .delete(&item.key, Expect::Revision(item.mod_revision))
-                    .await?;
-                forwarded += 1;
+            // Batches stay well under an API's message limit (4 MiB): at most
+            // BATCH_BYTES of encoded events, and never fewer than one event.
+            let mut start = 0;
+            while start < page.items.len() {
+                let mut end = start;
+                let mut bytes = 0;
+                while let Some(item) = page.items.get(end) {
+                    if end > start && bytes + item.value.len() > BATCH_BYTES {
+                        break;
+                    }
+                    bytes += item.value.len();
+                    end += 1;
+                }
+                let batch = page.items.get(start..end).unwrap_or_default();
+                let events = batch
+                    .iter()
+                    .map(|item| Event::decode(&item.value))
+                    .collect::<Result<Vec<_>, _>>()?;
+                sink.record_batch_once(&events).await?;
+                for item in batch {
+                    self.store
+                        .delete(&item.key, Expect::Revision(item.mod_revision))
+                        .await?;
+                    forwarded += 1;
+                }
+                start = end;
             }
         }
     }

@@ -516,12 +516,16 @@ async fn mesh_denials_reach_the_central_audit_log_and_nothing_else_does() {
     let mut found = None;
     eventually("the denial in the central log", async || {
         found = p.events().await.into_iter().find(|e| {
-            e.action == "mesh.request" && e.actor.as_str() == web_id && e.decision == Decision::Deny
+            e.action == "mesh.request"
+                && e.details.get("peer") == Some(&web_id)
+                && e.decision == Decision::Deny
         });
         found.is_some()
     })
     .await;
     let e = found.unwrap();
+    // The log's actor is the proxy that reported it; the caller it refused is `peer`.
+    assert_eq!(e.actor.as_str(), orders_id);
     assert_eq!(
         e.details.get("proxy").map(String::as_str),
         Some(orders_id.as_str())
@@ -602,13 +606,78 @@ async fn mesh_denials_reach_the_central_audit_log_and_nothing_else_does() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(p.events().await.iter().all(|e| e.reason != "forged"));
-    // Its own mesh events it may record.
+    // A break-glass decision, a date in the future, an oversized event: refused.
+    let event = |decision: Decision, time: ringfence_core::UnixTime, reason: String| {
+        Event::new(
+            time,
+            SpiffeId::parse(&web_id).unwrap(),
+            "mesh.request",
+            "GET /",
+            decision,
+            reason,
+        )
+        .with_detail("proxy", &web_id)
+        .encode()
+        .unwrap()
+    };
+    let now = SystemClock.now();
+    for (bytes, code, refusal) in [
+        (
+            event(Decision::BreakGlass, now, "x".into()),
+            tonic::Code::PermissionDenied,
+            "event 1: a mesh proxy records allow, deny or would-deny, not break_glass".to_owned(),
+        ),
+        (
+            event(
+                Decision::Deny,
+                now.saturating_add(Duration::from_secs(3600)),
+                "x".into(),
+            ),
+            tonic::Code::InvalidArgument,
+            "event 1: dated".to_owned(),
+        ),
+        (
+            event(Decision::Deny, now, "x".repeat(20_000)),
+            tonic::Code::InvalidArgument,
+            "event 1: ".to_owned(),
+        ),
+    ] {
+        let err = node
+            .audit(ringfence_api::pb::AuditRequest {
+                events: vec![bytes],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(err.message().starts_with(&refusal), "{}", err.message());
+    }
+    // What it may record is its own claim: an event naming a person as the actor is entered
+    // with web as the actor and the person as the peer it says it saw.
+    let claim = Event::new(
+        SystemClock.now(),
+        SpiffeId::parse(&format!("spiffe://{TD}/user/alice")).unwrap(),
+        "mesh.request",
+        "GET /",
+        Decision::Allow,
+        "forged",
+    )
+    .with_detail("proxy", &web_id);
     node.audit(ringfence_api::pb::AuditRequest {
-        events: vec![forged("mesh.request", &web_id)],
+        events: vec![claim.encode().unwrap()],
     })
     .await
     .unwrap();
-    assert!(p.events().await.iter().any(|e| e.reason == "forged"));
+    let got = p
+        .events()
+        .await
+        .into_iter()
+        .find(|e| e.reason == "forged")
+        .unwrap();
+    assert_eq!(got.actor.as_str(), web_id);
+    assert_eq!(
+        got.details.get("peer").map(String::as_str),
+        Some(format!("spiffe://{TD}/user/alice").as_str())
+    );
 
     // A forward_to without a spool is refused when the file is read.
     let err = MeshConfig::parse(

@@ -88,7 +88,17 @@ struct State {
     td: TrustDomain,
     tasks: Arc<IssuanceService>,
     metrics: Metrics,
+    /// Mesh events recorded per proxy identity in the current window: (window start, count).
+    mesh_budget: Mutex<BTreeMap<String, (std::time::Instant, usize)>>,
 }
+
+/// Mesh events one service identity may record per [`MESH_AUDIT_WINDOW`]; past it, calls are
+/// refused (the proxy keeps them spooled and sends them later).
+pub const MESH_AUDIT_PER_WINDOW: usize = 5_000;
+/// The window of [`MESH_AUDIT_PER_WINDOW`].
+pub const MESH_AUDIT_WINDOW: Duration = Duration::from_secs(10);
+/// The largest encoded mesh event taken.
+pub const MAX_MESH_EVENT: usize = 16 * 1024;
 
 /// Counts of API calls by method and status code.
 #[derive(Default)]
@@ -1307,8 +1317,11 @@ impl State {
 
 impl State {
     /// Events a service's mesh proxy forwards from its spool: `mesh.*` actions only, each
-    /// naming the caller as the proxy that recorded it (`details.proxy`). The actor is whoever
-    /// the proxy saw (the refused caller, say), so the log keeps who reported it beside it.
+    /// naming the caller as the proxy that recorded it (`details.proxy`), decided allow, deny
+    /// or would-deny, not dated in the future, at most [`MAX_MESH_EVENT`] bytes, and at most
+    /// [`MESH_AUDIT_PER_WINDOW`] per identity in a window. What a proxy says it saw is its own
+    /// claim: the log records the proxy as the actor and the peer it saw as `details.peer`,
+    /// so no workload can enter an event in another's name.
     async fn mesh_audit(&self, proxy: &SpiffeId, events: Vec<Vec<u8>>) -> Result<(), Status> {
         if events.len() > MAX_AUDIT_EVENTS {
             return Err(Status::invalid_argument(format!(
@@ -1316,9 +1329,17 @@ impl State {
                 events.len()
             )));
         }
+        let now = self.parts.clock.now();
         let mut checked = Vec::with_capacity(events.len());
         for (i, bytes) in events.iter().enumerate() {
-            let e = Event::decode(bytes)
+            if bytes.len() > MAX_MESH_EVENT {
+                return Err(Status::invalid_argument(format!(
+                    "event {}: {} bytes; a mesh event is at most {MAX_MESH_EVENT}",
+                    i + 1,
+                    bytes.len()
+                )));
+            }
+            let mut e = Event::decode(bytes)
                 .map_err(|e| Status::invalid_argument(format!("event {}: {e}", i + 1)))?;
             if !e.action.starts_with("mesh.") {
                 return Err(Status::permission_denied(format!(
@@ -1337,7 +1358,44 @@ impl State {
                     )));
                 }
             }
+            if !matches!(
+                e.decision,
+                Decision::Allow | Decision::Deny | Decision::WouldDeny
+            ) {
+                return Err(Status::permission_denied(format!(
+                    "event {}: a mesh proxy records allow, deny or would-deny, not {}",
+                    i + 1,
+                    e.decision
+                )));
+            }
+            if e.time_ms > now.as_millis().saturating_add(60_000) {
+                return Err(Status::invalid_argument(format!(
+                    "event {}: dated {} ms in the future",
+                    i + 1,
+                    e.time_ms - now.as_millis()
+                )));
+            }
+            if e.actor != *proxy {
+                e.details.insert("peer".into(), e.actor.to_string());
+                e.actor = proxy.clone();
+            }
             checked.push(e);
+        }
+        {
+            let mut budget = self
+                .mesh_budget
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let instant = std::time::Instant::now();
+            budget.retain(|_, (since, _)| instant.duration_since(*since) < MESH_AUDIT_WINDOW);
+            let (_, used) = budget.entry(proxy.to_string()).or_insert((instant, 0));
+            if *used + checked.len() > MESH_AUDIT_PER_WINDOW {
+                return Err(Status::resource_exhausted(format!(
+                    "{proxy} recorded {used} mesh events in the last {}s, the most one identity may; send the rest later",
+                    MESH_AUDIT_WINDOW.as_secs()
+                )));
+            }
+            *used += checked.len();
         }
         for e in &checked {
             self.parts.audit.record_once(e).await.map_err(|e| {
@@ -1655,6 +1713,7 @@ pub async fn serve(
         td,
         tasks,
         metrics: Metrics::default(),
+        mesh_budget: Mutex::new(BTreeMap::new()),
     });
 
     let listener = tokio::net::TcpListener::bind(api)

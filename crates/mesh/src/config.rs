@@ -654,11 +654,20 @@ impl ringfence_audit::AuditSink for CentralAudit {
         &self,
         event: &ringfence_audit::Event,
     ) -> Result<(), ringfence_audit::AuditError> {
+        self.record_batch_once(std::slice::from_ref(event)).await
+    }
+
+    async fn record_batch_once(
+        &self,
+        events: &[ringfence_audit::Event],
+    ) -> Result<(), ringfence_audit::AuditError> {
+        let events = events
+            .iter()
+            .map(ringfence_audit::Event::encode)
+            .collect::<Result<Vec<_>, _>>()?;
         self.0
             .clone()
-            .audit(ringfence_api::pb::AuditRequest {
-                events: vec![event.encode()?],
-            })
+            .audit(ringfence_api::pb::AuditRequest { events })
             .await
             .map_err(|s| {
                 ringfence_audit::AuditError::Append(format!("Node.Audit: {}", s.message()))

@@ -84,6 +84,14 @@ impl DiscoveryResolver {
             return Ok(rx.clone());
         }
         if watches.len() >= self.options.max_services {
+            // Make room from watches that hold nothing: failed, or listing no endpoint.
+            watches.retain(|_, rx| match &*rx.borrow() {
+                Known::Failed(_) => false,
+                Known::Endpoints(e) => !e.is_empty(),
+                Known::Waiting => true,
+            });
+        }
+        if watches.len() >= self.options.max_services {
             return Err(format!(
                 "discovery: already watching {} services, the most this proxy follows; {service} is not resolved",
                 self.options.max_services

@@ -12,7 +12,7 @@
 //! carries a transaction token.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -97,10 +97,12 @@ pub struct Limits {
     pub response: Duration,
     /// How long connecting (and the TLS handshake) may take.
     pub connect: Duration,
-    /// Connections one source address may hold open at once on the inbound and plain
-    /// ingress ports; more are closed at once (counted, and audited within the address's
-    /// budget).
+    /// Connections one client may hold open at once: a plain ingress client by address, a
+    /// mesh peer by its verified SPIFFE ID. More are closed at once (counted and audited).
     pub per_source: usize,
+    /// Inbound connections one address may hold open while their TLS handshake is under way
+    /// (before anyone is authenticated); more are closed at once.
+    pub handshakes_per_source: usize,
 }
 
 impl Default for Limits {
@@ -110,36 +112,40 @@ impl Default for Limits {
             response: Duration::from_secs(60),
             connect: Duration::from_secs(5),
             per_source: 512,
+            handshakes_per_source: 64,
         }
     }
 }
 
 /// Open connections per source address.
 #[derive(Debug, Default)]
-pub(crate) struct SourceCounts(Mutex<HashMap<IpAddr, usize>>);
+pub(crate) struct SourceCounts(Mutex<HashMap<String, usize>>);
 
 /// One open connection from an address; dropping it frees the slot.
 #[derive(Debug)]
 pub(crate) struct SourceSlot {
     counts: Arc<SourceCounts>,
-    ip: IpAddr,
+    key: String,
 }
 
 impl SourceCounts {
-    /// A slot for `ip`, unless it already holds `max`.
-    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+    /// A slot for `key` (an address, or a verified SPIFFE ID), unless it already holds `max`.
+    pub(crate) fn take(self: &Arc<Self>, key: String, max: usize) -> Option<SourceSlot> {
         let mut m = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = m.entry(ip).or_insert(0);
+        let n = m.entry(key.clone()).or_insert(0);
         if *n >= max {
+            if *n == 0 {
+                m.remove(&key);
+            }
             return None;
         }
         *n += 1;
         Some(SourceSlot {
             counts: Arc::clone(self),
-            ip,
+            key,
         })
     }
 }
@@ -151,10 +157,10 @@ impl Drop for SourceSlot {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = m.get_mut(&self.ip) {
+        if let Some(n) = m.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&self.ip);
+                m.remove(&self.key);
             }
         }
     }
@@ -183,6 +189,7 @@ pub struct Mesh {
     clients: Mutex<HashMap<ClientKey, Arc<rustls::ClientConfig>>>,
     h2_upstreams: Mutex<HashMap<String, Arc<crate::h2::Upstream>>>,
     sources: Arc<SourceCounts>,
+    handshaking: Arc<SourceCounts>,
 }
 
 /// What a proxy is built from.
@@ -259,6 +266,7 @@ impl Mesh {
             clients: Mutex::new(HashMap::new()),
             h2_upstreams: Mutex::new(HashMap::new()),
             sources: Arc::default(),
+            handshaking: Arc::default(),
         })
     }
 
@@ -287,16 +295,44 @@ impl Mesh {
         self.limits
     }
 
-    /// A slot for one more connection from `addr` on `port`, or `None` (counted and audited)
-    /// when that address holds the most allowed.
+    /// A slot for one more connection from a plain client at `addr` on `port` (see
+    /// [`Limits::per_source`]), or `None` (counted and audited).
     pub(crate) fn admit_source(&self, addr: SocketAddr, port: u16) -> Option<SourceSlot> {
-        let slot = self.sources.take(addr.ip(), self.limits.per_source);
+        self.admit_counted(
+            &self.sources,
+            addr,
+            port,
+            self.limits.per_source,
+            "connections",
+        )
+    }
+
+    /// A slot for one more inbound handshake from `addr` (see
+    /// [`Limits::handshakes_per_source`]), or `None` (counted and audited).
+    fn admit_handshake(&self, addr: SocketAddr, port: u16) -> Option<SourceSlot> {
+        self.admit_counted(
+            &self.handshaking,
+            addr,
+            port,
+            self.limits.handshakes_per_source,
+            "unfinished handshakes",
+        )
+    }
+
+    fn admit_counted(
+        &self,
+        counts: &Arc<SourceCounts>,
+        addr: SocketAddr,
+        port: u16,
+        max: usize,
+        what: &str,
+    ) -> Option<SourceSlot> {
+        let slot = counts.take(addr.ip().to_string(), max);
         if slot.is_none() {
             self.telemetry.connection_refused();
             let reason = format!(
-                "{} already holds {} connections to port {port}, the most one address may",
-                addr.ip(),
-                self.limits.per_source
+                "{} already holds {max} {what} to port {port}, the most one address may",
+                addr.ip()
             );
             tracing::debug!(%addr, "{reason}");
             self.telemetry.audit_from(
@@ -309,6 +345,29 @@ impl Mesh {
                     &reason,
                 ),
             );
+        }
+        slot
+    }
+
+    /// A slot for one more connection of the verified `peer`, or `None` (counted and audited).
+    fn admit_peer(&self, peer: &SpiffeId, addr: SocketAddr, port: u16) -> Option<SourceSlot> {
+        let slot = self
+            .sources
+            .take(format!("id {peer}"), self.limits.per_source);
+        if slot.is_none() {
+            self.telemetry.connection_refused();
+            let reason = format!(
+                "{peer} already holds {} connections to port {port}, the most one workload may",
+                self.limits.per_source
+            );
+            tracing::debug!(%addr, "{reason}");
+            self.telemetry.audit(self.event(
+                peer,
+                "mesh.connection",
+                format!("peer {addr}"),
+                AuditDecision::Deny,
+                &reason,
+            ));
         }
         slot
     }
@@ -412,15 +471,17 @@ impl Mesh {
         let port = listener.local_addr()?.port();
         loop {
             let (tcp, addr) = listener.accept().await?;
-            let Some(slot) = self.admit_source(addr, port) else {
+            let Some(handshake) = self.admit_handshake(addr, port) else {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
             let this = Arc::clone(&self);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let _slot = slot;
-                match tokio::time::timeout(this.limits.connect * 2, acceptor.accept(tcp)).await {
+                let accepted =
+                    tokio::time::timeout(this.limits.connect * 2, acceptor.accept(tcp)).await;
+                drop(handshake);
+                match accepted {
                     Ok(Ok(tls)) => {
                         let peer = tls
                             .get_ref()
@@ -429,6 +490,9 @@ impl Mesh {
                             .and_then(|c| c.first())
                             .and_then(spiffe_id_of);
                         let Some(peer) = peer else { return };
+                        let Some(_slot) = this.admit_peer(&peer, addr, port) else {
+                            return;
+                        };
                         match tls.get_ref().1.alpn_protocol() {
                             Some(b"h2") => this.inbound_h2(tls, peer, forward).await,
                             Some(crate::tcp::ALPN_TCP) => {
@@ -951,7 +1015,25 @@ impl Mesh {
             }
         };
         let add_host = head.one("host").map_err(q)?.is_none();
-        let bare = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+        let bare = match host.rsplit_once(':') {
+            Some((h, port))
+                if !port.is_empty()
+                    && port.len() <= 5
+                    && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                h
+            }
+            Some(_) => {
+                return Err(q(Refusal {
+                    status: 400,
+                    reason: format!(
+                        "Host {:?}: a port is 1 to 5 digits",
+                        host.chars().take(64).collect::<String>()
+                    ),
+                }));
+            }
+            None => host.as_str(),
+        };
         let service = ServiceName::parse(bare).map_err(|_| {
             q(Refusal {
                 status: 400,

@@ -5,8 +5,8 @@
 //! nothing down; when the queue is full the event is counted in
 //! `ringfence_mesh_audit_dropped_total` instead. Refusals anyone on the network can cause
 //! without an SVID (a failed handshake, a client outside an ingress allow list, one connection
-//! too many) are audited at most [`AUDIT_PER_SOURCE`] times per source address in each
-//! [`AUDIT_WINDOW`]; the rest are counted in `ringfence_mesh_audit_suppressed_total`, and the
+//! too many) are audited at most [`AUDIT_PER_SOURCE`] times per source address (an IPv6
+//! address's /64) and [`AUDIT_ALL_SOURCES`] times in all in each [`AUDIT_WINDOW`]; the rest are counted in `ringfence_mesh_audit_suppressed_total`, and the
 //! next event audited for that address says how many were left out (`suppressed_before`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -48,6 +48,8 @@ type Key = (String, String, Outcome, u16);
 
 /// Unauthenticated refusals audited per source address in each window.
 pub const AUDIT_PER_SOURCE: u32 = 20;
+/// Unauthenticated refusals audited from all sources together in each window.
+pub const AUDIT_ALL_SOURCES: u32 = 1_000;
 /// The window of [`AUDIT_PER_SOURCE`].
 pub const AUDIT_WINDOW: Duration = Duration::from_secs(10);
 /// Source addresses tracked at once; past this, a new address's events are suppressed until
@@ -71,6 +73,7 @@ pub struct Telemetry {
     sample_every: u64,
     seen_allows: AtomicU64,
     budgets: Mutex<HashMap<IpAddr, Budget>>,
+    global_budget: Mutex<(Instant, u32)>,
     suppressed: AtomicU64,
     connections_refused: AtomicU64,
 }
@@ -89,6 +92,7 @@ impl Telemetry {
             sample_every: 0,
             seen_allows: AtomicU64::new(0),
             budgets: Mutex::new(HashMap::new()),
+            global_budget: Mutex::new((Instant::now(), 0)),
             suppressed: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
         }
@@ -139,7 +143,30 @@ impl Telemetry {
     /// Queues a refusal caused from `source` without an SVID, within that address's budget
     /// (see the module documentation).
     pub fn audit_from(&self, source: IpAddr, event: Event) {
+        // An IPv6 host picks from a /64 at will: the /64 is the source.
+        let source = match source {
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(bits))
+            }
+            v4 => v4,
+        };
         let now = Instant::now();
+        {
+            let mut global = self
+                .global_budget
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if now.duration_since(global.0) >= AUDIT_WINDOW {
+                *global = (now, 0);
+            }
+            if global.1 >= AUDIT_ALL_SOURCES {
+                drop(global);
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            global.1 += 1;
+        }
         let suppressed_before = {
             let mut budgets = self
                 .budgets

@@ -455,6 +455,11 @@ async fn the_outbound_side_takes_absolute_form_as_a_proxy_client_sends_it() {
             "does not name a mesh service <service>.<namespace> (lower case)",
         ),
         (
+            "GET http://orders.shop:80x/ HTTP/1.1\r\n\r\n",
+            400,
+            "ringfence: Host \"orders.shop:80x\": a port is 1 to 5 digits",
+        ),
+        (
             "GET ftp://orders.shop/ HTTP/1.1\r\nHost: orders.shop\r\n\r\n",
             400,
             "request target must be a path starting with '/'",

@@ -351,9 +351,9 @@ async fn one_address_holds_only_so_many_connections() {
         backend,
         vec![Cidr::parse("127.0.0.0/8").unwrap()],
     ));
-    // Two connections that never finish a handshake hold both of 127.0.0.1's slots on the
-    // inbound port; the third is closed at once, without waiting for a handshake timeout.
-    let _a = TcpStream::connect(inbound_addr).await.unwrap();
+    // Two connections that never finish a handshake hold both of 127.0.0.1's handshake slots
+    // on the inbound port; the third is closed at once, without waiting for a timeout.
+    let a = TcpStream::connect(inbound_addr).await.unwrap();
     let _b = TcpStream::connect(inbound_addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut c = TcpStream::connect(inbound_addr).await.unwrap();
@@ -365,18 +365,37 @@ async fn one_address_holds_only_so_many_connections() {
     assert_eq!(
         e.reason,
         format!(
-            "127.0.0.1 already holds 2 connections to port {}, the most one address may",
+            "127.0.0.1 already holds 2 unfinished handshakes to port {}, the most one address may",
             inbound_addr.port()
         )
     );
-    // The count is per address across the proxy's public ports: ingress is full too.
-    let mut d = TcpStream::connect(ingress_addr).await.unwrap();
-    assert_closed(&mut d).await;
-    // A closed connection frees its slot.
-    drop(_a);
+    // A closed one frees its slot: the next handshake may start (and stays open, waiting).
+    drop(a);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut e2 = TcpStream::connect(ingress_addr).await.unwrap();
-    assert_eq!(read_n(&mut e2, 6).await, b"hello\n");
+    let mut d = TcpStream::connect(inbound_addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), d.read(&mut buf))
+            .await
+            .is_err(),
+        "a connection within the cap is kept"
+    );
+    // Plain ingress clients are counted apart, for their whole connection.
+    let mut i1 = TcpStream::connect(ingress_addr).await.unwrap();
+    assert_eq!(read_n(&mut i1, 6).await, b"hello\n");
+    let mut i2 = TcpStream::connect(ingress_addr).await.unwrap();
+    assert_eq!(read_n(&mut i2, 6).await, b"hello\n");
+    let mut i3 = TcpStream::connect(ingress_addr).await.unwrap();
+    assert_closed(&mut i3).await;
+    let e = audited(&audit, |e| {
+        e.action == "mesh.connection" && e.reason.contains("2 connections to port")
+    })
+    .await;
+    assert_eq!(e.decision, Decision::Deny);
+    drop(i2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut i4 = TcpStream::connect(ingress_addr).await.unwrap();
+    assert_eq!(read_n(&mut i4, 6).await, b"hello\n");
     let m = mesh.telemetry().render();
     assert!(
         m.contains("ringfence_mesh_connections_refused_total 2"),

@@ -228,6 +228,7 @@ impl World {
                 response: Duration::from_secs(5),
                 connect: Duration::from_secs(2),
                 per_source,
+                handshakes_per_source: per_source,
             },
         })
         .unwrap();
