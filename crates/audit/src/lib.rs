@@ -18,6 +18,6 @@ pub mod witness;
 
 pub use event::{Decision, Event, EventError};
 pub use log::{AuditError, AuditLog, Head, LogOptions, LogReader, Published};
-pub use sink::{AuditSink, MemorySink, Spool};
+pub use sink::{AuditSink, BATCH_BYTES, MemorySink, Spool};
 pub use verify::{VerifyError, VerifyReport, verify_log};
 pub use witness::{Witness, WitnessError, WitnessState};

@@ -277,3 +277,51 @@ async fn invalid_events_are_refused_before_the_log() {
     assert!(err.to_string().contains("lowercase words"), "{err}");
     assert_eq!(log.head().size, 0);
 }
+
+/// A sink that keeps each batch it is handed.
+#[derive(Debug, Default)]
+struct Batches(std::sync::Mutex<Vec<Vec<Event>>>);
+
+#[async_trait::async_trait]
+impl AuditSink for Batches {
+    async fn record(&self, event: &Event) -> Result<(), AuditError> {
+        self.record_batch_once(std::slice::from_ref(event)).await
+    }
+    async fn record_batch_once(&self, events: &[Event]) -> Result<(), AuditError> {
+        self.0.lock().unwrap().push(events.to_vec());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn spool_batches_stay_under_the_byte_cap_and_keep_the_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("spool.redb")).await.unwrap();
+    // 300 events of about 8 KiB: 2.4 MiB in all, more than one batch by count and by size.
+    let events: Vec<Event> = (0..300)
+        .map(|i| {
+            let mut e = event(i);
+            e.reason = format!("{i}:{}", "x".repeat(8 * 1024));
+            e
+        })
+        .collect();
+    for e in &events {
+        spool.record(e).await.unwrap();
+    }
+    let sink = Batches::default();
+    assert_eq!(spool.forward_to(&sink).await.unwrap(), 300);
+    let batches = sink.0.lock().unwrap().clone();
+    assert!(batches.len() >= 3, "{} batches", batches.len());
+    for b in &batches {
+        let bytes: usize = b.iter().map(|e| e.encode().unwrap().len()).sum();
+        assert!(
+            b.len() == 1 || bytes <= ringfence_audit::BATCH_BYTES,
+            "{bytes} bytes"
+        );
+        assert!(b.len() <= 256);
+    }
+    let got: Vec<String> = batches.into_iter().flatten().map(|e| e.id).collect();
+    let want: Vec<String> = events.into_iter().map(|e| e.id).collect();
+    assert_eq!(got, want);
+    assert_eq!(spool.pending().await.unwrap(), 0);
+}

@@ -679,6 +679,42 @@ async fn mesh_denials_reach_the_central_audit_log_and_nothing_else_does() {
         Some(format!("spiffe://{TD}/user/alice").as_str())
     );
 
+    // One identity offers at most 5,000 events in 10 s, refused ones included: a workload
+    // cannot flood the log (the 20th batch of 256 goes over).
+    let junk = vec![forged("agent.task.start", &web_id); 256];
+    for _ in 0..19 {
+        let err = node
+            .audit(ringfence_api::pb::AuditRequest {
+                events: junk.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    }
+    let err = node
+        .audit(ringfence_api::pb::AuditRequest { events: junk })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .contains("; at most 5000 per identity: send the rest later"),
+        "{}",
+        err.message()
+    );
+    // Another identity's budget is its own: orders' proxy still forwards.
+    let (code, _) = get(web.outbound.unwrap(), "orders.shop").await;
+    assert_eq!(code, 403);
+    eventually("the 301st denial in the central log", async || {
+        p.events()
+            .await
+            .iter()
+            .filter(|e| e.action == "mesh.request" && e.decision == Decision::Deny)
+            .count()
+            >= 301
+    })
+    .await;
+
     // A forward_to without a spool is refused when the file is read.
     let err = MeshConfig::parse(
         &format!(

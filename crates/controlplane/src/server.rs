@@ -92,8 +92,8 @@ struct State {
     mesh_budget: Mutex<BTreeMap<String, (std::time::Instant, usize)>>,
 }
 
-/// Mesh events one service identity may record per [`MESH_AUDIT_WINDOW`]; past it, calls are
-/// refused (the proxy keeps them spooled and sends them later).
+/// Mesh events one service identity may offer per [`MESH_AUDIT_WINDOW`], refused ones
+/// included; past it, calls are refused (the proxy keeps them spooled and sends them later).
 pub const MESH_AUDIT_PER_WINDOW: usize = 5_000;
 /// The window of [`MESH_AUDIT_PER_WINDOW`].
 pub const MESH_AUDIT_WINDOW: Duration = Duration::from_secs(10);
@@ -1329,6 +1329,22 @@ impl State {
                 events.len()
             )));
         }
+        {
+            let mut budget = self
+                .mesh_budget
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let instant = std::time::Instant::now();
+            budget.retain(|_, (since, _)| instant.duration_since(*since) < MESH_AUDIT_WINDOW);
+            let (_, used) = budget.entry(proxy.to_string()).or_insert((instant, 0));
+            if *used + events.len() > MESH_AUDIT_PER_WINDOW {
+                return Err(Status::resource_exhausted(format!(
+                    "{proxy} offered {used} mesh events in the last {}s; at most {MESH_AUDIT_PER_WINDOW} per identity: send the rest later",
+                    MESH_AUDIT_WINDOW.as_secs()
+                )));
+            }
+            *used += events.len();
+        }
         let now = self.parts.clock.now();
         let mut checked = Vec::with_capacity(events.len());
         for (i, bytes) in events.iter().enumerate() {
@@ -1380,22 +1396,6 @@ impl State {
                 e.actor = proxy.clone();
             }
             checked.push(e);
-        }
-        {
-            let mut budget = self
-                .mesh_budget
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let instant = std::time::Instant::now();
-            budget.retain(|_, (since, _)| instant.duration_since(*since) < MESH_AUDIT_WINDOW);
-            let (_, used) = budget.entry(proxy.to_string()).or_insert((instant, 0));
-            if *used + checked.len() > MESH_AUDIT_PER_WINDOW {
-                return Err(Status::resource_exhausted(format!(
-                    "{proxy} recorded {used} mesh events in the last {}s, the most one identity may; send the rest later",
-                    MESH_AUDIT_WINDOW.as_secs()
-                )));
-            }
-            *used += checked.len();
         }
         for e in &checked {
             self.parts.audit.record_once(e).await.map_err(|e| {
