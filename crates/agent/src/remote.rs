@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use rcgen::{CertificateParams, KeyPair, SanType};
 use ringfence_api::pb;
 use ringfence_api::pb::node_client::NodeClient;
-use ringfence_api::transport::control_plane_channel;
+use ringfence_api::transport::{NodeAudit, control_plane_channel};
 use ringfence_controlplane::server::from_pb;
 use ringfence_controlplane::{Assignment, MachineRecord, Registration, TaskReport};
 use ringfence_core::{Clock, MachineId, SpiffeId, TrustDomain, UnixTime};
@@ -191,7 +191,7 @@ impl Remote {
             });
             // The spool drains to the control plane every second it can be reached.
             let fwd = tokio::spawn(async move {
-                let sink = RemoteAudit(forwarder.clone());
+                let sink = NodeAudit::new(forwarder.node.clone());
                 loop {
                     match forwarder.spool.forward_to(&sink).await {
                         Ok(0) => {}
@@ -308,37 +308,6 @@ impl SvidSource for RemoteSvids {
     }
     fn subscribe_bundle(&self) -> watch::Receiver<u64> {
         self.remote.bundle.generation.subscribe()
-    }
-}
-
-/// The control plane's audit log, through `Node.Audit` (which keeps each event once).
-#[derive(Debug)]
-struct RemoteAudit(Remote);
-
-#[async_trait]
-impl ringfence_audit::AuditSink for RemoteAudit {
-    async fn record(
-        &self,
-        event: &ringfence_audit::Event,
-    ) -> Result<(), ringfence_audit::AuditError> {
-        self.record_batch_once(std::slice::from_ref(event)).await
-    }
-
-    async fn record_batch_once(
-        &self,
-        events: &[ringfence_audit::Event],
-    ) -> Result<(), ringfence_audit::AuditError> {
-        let events = events
-            .iter()
-            .map(ringfence_audit::Event::encode)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.0
-            .node
-            .clone()
-            .audit(pb::AuditRequest { events })
-            .await
-            .map_err(|s| ringfence_audit::AuditError::Append(rpc("audit", s)))?;
-        Ok(())
     }
 }
 

@@ -233,3 +233,48 @@ pub fn control_plane_channel(
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(channel(addr, Arc::new(config)))
 }
+
+/// The control plane's audit log as an audit sink, through `Node.Audit`: a batch is one call,
+/// and the control plane keeps each event once (by its id). What the control plane takes depends on the caller's SVID (a machine's
+/// `agent.*` events, a service proxy's `mesh.*` events).
+#[derive(Debug, Clone)]
+pub struct NodeAudit(crate::pb::node_client::NodeClient<Channel>);
+
+impl NodeAudit {
+    /// A sink calling through `client` (over a [`control_plane_channel`]).
+    pub fn new(client: crate::pb::node_client::NodeClient<Channel>) -> Self {
+        Self(client)
+    }
+}
+
+#[async_trait::async_trait]
+impl ringfence_audit::AuditSink for NodeAudit {
+    async fn record(
+        &self,
+        event: &ringfence_audit::Event,
+    ) -> Result<(), ringfence_audit::AuditError> {
+        self.record_batch_once(std::slice::from_ref(event)).await
+    }
+
+    async fn record_batch_once(
+        &self,
+        events: &[ringfence_audit::Event],
+    ) -> Result<(), ringfence_audit::AuditError> {
+        let events = events
+            .iter()
+            .map(ringfence_audit::Event::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.0
+            .clone()
+            .audit(crate::pb::AuditRequest { events })
+            .await
+            .map_err(|s| {
+                ringfence_audit::AuditError::Append(format!(
+                    "control plane: audit: {} ({:?})",
+                    s.message(),
+                    s.code()
+                ))
+            })?;
+        Ok(())
+    }
+}

@@ -643,42 +643,11 @@ pub async fn run(
     }
 }
 
-/// The control plane's audit log, through `Node.Audit` (which takes `mesh.*` events from the
-/// service's own proxy).
-#[derive(Debug)]
-struct CentralAudit(ringfence_api::pb::node_client::NodeClient<tonic::transport::Channel>);
-
-#[async_trait::async_trait]
-impl ringfence_audit::AuditSink for CentralAudit {
-    async fn record(
-        &self,
-        event: &ringfence_audit::Event,
-    ) -> Result<(), ringfence_audit::AuditError> {
-        self.record_batch_once(std::slice::from_ref(event)).await
-    }
-
-    async fn record_batch_once(
-        &self,
-        events: &[ringfence_audit::Event],
-    ) -> Result<(), ringfence_audit::AuditError> {
-        let events = events
-            .iter()
-            .map(ringfence_audit::Event::encode)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.0
-            .clone()
-            .audit(ringfence_api::pb::AuditRequest { events })
-            .await
-            .map_err(|s| {
-                ringfence_audit::AuditError::Append(format!("Node.Audit: {}", s.message()))
-            })?;
-        Ok(())
-    }
-}
-
 /// Drains `spool` into the central log every second; what cannot be sent stays spooled.
 async fn forward_audit(spool: ringfence_audit::Spool, channel: tonic::transport::Channel) {
-    let sink = CentralAudit(ringfence_api::pb::node_client::NodeClient::new(channel));
+    let sink = ringfence_api::transport::NodeAudit::new(
+        ringfence_api::pb::node_client::NodeClient::new(channel),
+    );
     let mut failing = false;
     loop {
         match spool.forward_to(&sink).await {
