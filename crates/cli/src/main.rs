@@ -11,6 +11,7 @@ mod client;
 mod config;
 mod euc_cmd;
 mod exit;
+mod globals;
 mod identity_cmd;
 mod job_cmd;
 mod login_cmd;
@@ -22,12 +23,12 @@ mod server_cmd;
 mod store_cmd;
 mod up_cmd;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::config::Settings;
+pub(crate) use crate::globals::{GlobalArgs, LogFormat};
 
 /// Ringfence: a zero-trust production platform. Workloads are trusted for what code they run
 /// and who they are, never for where they sit on the network.
@@ -43,48 +44,6 @@ struct Cli {
     global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Options every subcommand understands.
-#[derive(Debug, Args)]
-struct GlobalArgs {
-    /// Configuration file (TOML). Flags and environment variables override it.
-    #[arg(long, global = true, env = "RINGFENCE_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Directory for local state (the embedded store lives here) [default: ./.ringfence]
-    #[arg(long, global = true, env = "RINGFENCE_DATA_DIR", value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// Where durable state lives: `redb` (embedded file in the data dir, the default),
-    /// `redb:///path/file.redb`, or `etcd://host:port[,host:port...]`
-    #[arg(long, global = true, env = "RINGFENCE_STORE", value_name = "URL")]
-    store: Option<String>,
-    /// Talk to the control plane at this address (`ip:port`, `ringfence server`) instead of
-    /// opening the Store (job, policy and machine commands)
-    #[arg(long, global = true, env = "RINGFENCE_SERVER", value_name = "ADDR")]
-    server: Option<String>,
-    /// Your user certificate for `--server` (a directory with svid.pem, svid.key, bundle.pem)
-    /// [default: <data-dir>/admin, the bootstrap admin `ringfence server` writes]
-    #[arg(long, global = true, env = "RINGFENCE_CREDENTIALS", value_name = "DIR")]
-    credentials: Option<PathBuf>,
-    /// Log line format on stderr
-    #[arg(long, global = true, value_enum, env = "RINGFENCE_LOG_FORMAT")]
-    log_format: Option<LogFormat>,
-    /// More log output (-v info, -vv debug, -vvv trace)
-    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
-    verbose: u8,
-    /// Only errors on stderr
-    #[arg(short, long, global = true)]
-    quiet: bool,
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines
-    Text,
-    /// One JSON object per line
-    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -123,7 +123,7 @@ pub fn run(cmd: SandboxCommand, verbose: bool) -> anyhow::Result<u8> {
             } else {
                 print!("{}", p.render());
             }
-            Ok(crate::exit::SUCCESS)
+            Ok(0)
         }
         SandboxCommand::Run(args) => run_sandbox(*args, verbose),
     }

@@ -344,3 +344,42 @@ fn unreachable_etcd_fails_in_bounded_time_with_exit_code_6() {
     assert!(err.contains("check that etcd is running"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// `ringfence` is a small front that runs the sandbox commands itself and hands every other
+/// command to `ringfence-full`. A settings option given to a sandbox command goes to the full
+/// binary too, so it is validated the same way whichever binary would have run it; a missing
+/// full binary is a clear error, not a crash.
+#[test]
+fn the_front_runs_sandbox_commands_and_hands_over_the_rest() {
+    let bin = env!("CARGO_BIN_EXE_ringfence");
+    let o = Command::new(bin)
+        .args(["sandbox", "profile", "show", "--profile", "strict"])
+        .env_remove("RINGFENCE_CONFIG")
+        .env_remove("RINGFENCE_STORE")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("strict"));
+    let o = Command::new(bin)
+        .args(["sandbox", "profile", "show", "--store", "nope://x"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("invalid --store"));
+    // Alone in a directory, the front still runs the sandbox but explains what is missing.
+    let dir = tempfile::tempdir().unwrap();
+    let lone = dir.path().join("ringfence");
+    std::fs::copy(bin, &lone).unwrap();
+    let o = Command::new(&lone).arg("version").output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot run") && err.contains("ringfence-full"),
+        "{err}"
+    );
+    let o = Command::new(&lone)
+        .args(["sandbox", "profile", "show"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+}
