@@ -1,6 +1,7 @@
-//! `ringfence`: the one binary. It parses arguments, loads configuration, sets up logging and
-//! the runtime, runs a subcommand, and maps failures to the documented exit codes. The work
-//! itself lives in the library crates.
+//! `ringfence-full`: every command of `ringfence` (the small front in `front.rs` runs the
+//! sandbox commands itself and execs this binary for the rest). It parses arguments, loads
+//! configuration, sets up logging and the runtime, runs a subcommand, and maps failures to the
+//! documented exit codes. The work itself lives in the library crates.
 
 mod agent_cmd;
 mod artifact_cmd;
