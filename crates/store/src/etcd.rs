@@ -30,7 +30,8 @@ pub struct EtcdOptions {
     pub connect_timeout: Duration,
     /// Time allowed for one request.
     pub request_timeout: Duration,
-    /// Attempts for the initial connection and for each read before giving up.
+    /// Attempts for the initial connection and for each read before giving up; a watch
+    /// survives four times as many consecutive failed resumes.
     pub attempts: u32,
     /// First retry delay; doubles per attempt.
     pub backoff: Duration,
@@ -375,6 +376,12 @@ impl Store for EtcdStore {
 }
 
 impl EtcdStore {
+    /// How many consecutive failed resumes a watch survives before it reports the store
+    /// unavailable.
+    fn resume_budget(&self) -> u32 {
+        self.options.attempts.max(1).saturating_mul(4)
+    }
+
     /// Follows an etcd watch, re-creating it from the next revision after a disconnect, so
     /// the consumer sees every event exactly once and in order.
     async fn follow(
@@ -395,9 +402,14 @@ impl EtcdStore {
                 .await
             {
                 Ok(s) => s,
-                Err(e) if is_transient(&e) && failures < self.options.attempts => {
+                // Re-creating a watch after a member died can be refused several times in a
+                // row: the balanced channel keeps trying the dead member until it notices.
+                // So re-creation gets the same budget as a stream that breaks (about 20 s
+                // with the default backoff), enough to ride out an election.
+                Err(e) if is_transient(&e) && failures < self.resume_budget() => {
                     failures += 1;
-                    tokio::time::sleep(backoff(&self.options, failures)).await;
+                    tracing::debug!(error = %e, next, failures, "etcd watch not re-created yet");
+                    tokio::time::sleep(backoff(&self.options, failures.min(4))).await;
                     continue;
                 }
                 Err(e) => return Err(self.map_error(failures + 1, &e)),
@@ -464,7 +476,7 @@ impl EtcdStore {
                 }
             }
             failures += 1;
-            if failures > self.options.attempts.saturating_mul(4) {
+            if failures > self.resume_budget() {
                 return Err(StoreError::Unavailable {
                     backend: "etcd",
                     endpoints: self.endpoints.join(","),

@@ -209,3 +209,36 @@ async fn a_cluster_that_dies_after_connecting_fails_reads_with_a_clear_error() {
     assert!(err.is_transient());
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_cluster_that_dies_ends_with_a_clear_error_in_bounded_time() {
+    let mut cluster = EtcdCluster::single().await.unwrap();
+    let options = EtcdOptions {
+        attempts: 2,
+        backoff: Duration::from_millis(50),
+        connect_timeout: Duration::from_millis(200),
+        request_timeout: Duration::from_millis(500),
+        ..EtcdOptions::default()
+    };
+    let store = EtcdStore::connect(&cluster.endpoints(), options)
+        .await
+        .unwrap();
+    let mut watch = store.watch(&Prefix::new("/w/").unwrap(), 0).await.unwrap();
+    cluster.kill(0);
+    let started = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await
+        .expect("the watch gives up within its resume budget")
+        .expect("the watch reports why it ended")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(msg.starts_with("etcd unavailable at "), "{msg}");
+    // 2 attempts → 8 resumes with backoff 50, 100, 200, 400 ms (capped): about 2.4 s of sleep.
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the watch rides out a short outage before giving up: {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
