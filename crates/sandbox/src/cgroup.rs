@@ -212,6 +212,18 @@ impl Cgroup {
         &self.layout
     }
 
+    /// The files a single-threaded process writes `0` to, to move itself into the cgroup(s)
+    /// without the kernel's global lock: v1's `tasks` files. Writing a pid to `cgroup.procs`
+    /// takes the cgroup threadgroup lock for writing, which waits for an RCU grace period (a
+    /// few milliseconds at HZ=250); a thread moving only itself skips that lock. `None` on v2,
+    /// where a domain cgroup has no per-thread file and [`Cgroup::add`] is the way in.
+    pub fn self_join_files(&self) -> Option<Vec<PathBuf>> {
+        match self.layout {
+            Layout::V1 => Some(self.dirs.iter().map(|(_, d)| d.join("tasks")).collect()),
+            Layout::V2 => None,
+        }
+    }
+
     /// Moves process `pid` into the cgroup(s).
     pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
         for (_, dir) in &self.dirs {
@@ -348,6 +360,14 @@ mod tests {
         assert_eq!(read("cpu/ringfence/job1/cpu.cfs_period_us"), "100000");
         cg.add(42).unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(read("pids/ringfence/job1/cgroup.procs"), "42");
+        let joins = cg.self_join_files().unwrap_or_default();
+        assert_eq!(joins.len(), 3, "{joins:?}");
+        for c in ["memory", "pids", "cpu"] {
+            assert!(
+                joins.contains(&t.path().join(c).join("ringfence/job1/tasks")),
+                "{c}: {joins:?}"
+            );
+        }
         std::fs::write(
             t.path().join("memory/ringfence/job1/memory.oom_control"),
             "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
@@ -371,6 +391,7 @@ mod tests {
         assert_eq!(read("ringfence/j/memory.max"), "134217728");
         assert_eq!(read("ringfence/j/pids.max"), "64");
         assert_eq!(read("ringfence/j/cpu.max"), "150000 100000");
+        assert_eq!(cg.self_join_files(), None, "v2 has no per-thread file");
         std::fs::write(
             t.path().join("ringfence/j/memory.events"),
             "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",

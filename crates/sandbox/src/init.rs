@@ -57,6 +57,20 @@ fn report(status: &mut File, line: &str) {
     let _ = status.write_all(format!("{line}\n").as_bytes());
 }
 
+/// Moves the calling thread into the v1 cgroup whose `tasks` file is `path`.
+fn join_cgroup(path: &Path) -> std::io::Result<()> {
+    if !path.is_absolute() || path.file_name() != Some(std::ffi::OsStr::new("tasks")) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a cgroup v1 tasks file",
+        ));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .write_all(b"0")
+}
+
 /// Runs the init; returns the process exit code.
 pub fn main() -> i32 {
     // SAFETY: the supervisor hands over fds 3 and 4 (dup2'd before exec) and nothing else in
@@ -84,6 +98,16 @@ pub fn main() -> i32 {
             return 125;
         }
     };
+    // Join the sandbox's v1 cgroups while still root, before anything else, so the task is
+    // forked inside them. Writing `0` to `tasks` moves the calling thread only, which spares
+    // the kernel's global threadgroup lock and its RCU grace period; this process is
+    // single-threaded, so the thread is the whole process.
+    for path in std::env::args().skip(4) {
+        if let Err(e) = join_cgroup(Path::new(&path)) {
+            report(&mut status, &format!("error cgroup {path}: {e}"));
+            return 125;
+        }
+    }
     // SAFETY: getppid has no preconditions.
     let supervisor = unsafe { libc::getppid() };
     // SAFETY: plain integer arguments; setgroups with a zero length reads no memory.
@@ -320,4 +344,20 @@ fn resolve(argv: &[String], rootfs: &Path) -> Result<String, String> {
     Err(format!(
         "error exec {cmd}: not found in /usr/local/sbin, /usr/local/bin, /usr/sbin, /usr/bin, /sbin or /bin of the image"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_absolute_v1_tasks_file_is_joined() {
+        for bad in ["tasks", "/sys/fs/cgroup/pids/x/cgroup.procs", "/etc/passwd"] {
+            let e = join_cgroup(Path::new(bad)).err().map(|e| e.to_string());
+            assert_eq!(e.as_deref(), Some("not a cgroup v1 tasks file"), "{bad}");
+        }
+        // A tasks file that is not there is an I/O error, not a silent success.
+        let missing = join_cgroup(Path::new("/nonexistent/ringfence/tasks"));
+        assert!(missing.is_err());
+    }
 }

@@ -365,6 +365,12 @@ pub fn start(
     cmd.arg(INIT_ARG)
         .arg(cfg.host_uid.to_string())
         .arg(cfg.host_gid.to_string());
+    // On v1 the init, single-threaded, moves itself into the cgroups before anything else
+    // (see `Cgroup::self_join_files`); on v2 this process moves it below.
+    let self_join = cgroup.as_ref().and_then(Cgroup::self_join_files);
+    for f in self_join.iter().flatten() {
+        cmd.arg(f);
+    }
     cmd.env_clear();
     let append = |p: &Path| {
         std::fs::OpenOptions::new()
@@ -422,9 +428,13 @@ pub fn start(
     };
     let cgroup = running.cgroup.take();
     let setup = std::thread::scope(|scope| -> Result<(), SandboxError> {
-        // Moving a process into a cgroup waits for an RCU grace period (milliseconds): start it
-        // now, while the init starts, and wait for it only before the task can be forked.
-        let mut attach = cgroup.as_ref().map(|cg| scope.spawn(move || cg.add(pid)));
+        // On v2, moving a process into a cgroup waits for an RCU grace period (milliseconds):
+        // start it now, while the init starts, and wait for it only before the task can be
+        // forked.
+        let mut attach = cgroup
+            .as_ref()
+            .filter(|_| self_join.is_none())
+            .map(|cg| scope.spawn(move || cg.add(pid)));
         running.expect_line("unshared")?;
         let write = |file: &str, text: String| {
             std::fs::write(format!("/proc/{pid}/{file}"), text)
