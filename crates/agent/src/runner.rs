@@ -365,6 +365,8 @@ impl Runner {
             host_gid: uid,
             hostname: spec.id.chars().take(64).collect(),
             init_program: self.cfg.init_program.clone(),
+            // The agent is multi-threaded: the init is always started.
+            fork_init: false,
             work_dir: self.cfg.root.join("images"),
             cgroup_root: ringfence_sandbox::run::default_cgroup_root().to_owned(),
             network: ringfence_sandbox::net::Network::None,

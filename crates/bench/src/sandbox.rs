@@ -107,6 +107,8 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             host_gid: 100_000,
             hostname: "bench".into(),
             init_program: init.clone(),
+            // As the agent runs it (the agent is multi-threaded and cannot fork).
+            fork_init: false,
             work_dir: ringfence_sandbox::run::default_work_dir(),
             cgroup_root: ringfence_sandbox::run::default_cgroup_root().to_owned(),
             network: ringfence_sandbox::net::Network::None,

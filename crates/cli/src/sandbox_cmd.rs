@@ -168,6 +168,8 @@ fn run_sandbox(args: RunArgs, verbose: bool) -> anyhow::Result<u8> {
         host_gid: args.host_uid,
         hostname: args.hostname,
         init_program: init_program()?,
+        // This command runs on one thread: the init is forked, not started (see Config).
+        fork_init: true,
         work_dir: args.work_dir.unwrap_or_else(default_work_dir),
         cgroup_root: default_cgroup_root().to_owned(),
         network,

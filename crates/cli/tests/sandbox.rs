@@ -93,6 +93,17 @@ fn a_compliant_command_runs_as_pid_1_without_capabilities() {
 }
 
 #[test]
+fn the_task_starts_with_default_signal_dispositions_and_nothing_blocked() {
+    // The Rust runtime ignores SIGPIPE in the binaries that start the task; an ignored signal
+    // survives exec, so without a reset `yes | head` inside would never end by SIGPIPE.
+    let r = rootfs();
+    let o = run_in(&r.root, &[], &["probe", "ids"]);
+    let (out, err) = text(&o);
+    assert!(out.contains("SigIgn:\t0000000000000000"), "{out}{err}");
+    assert!(out.contains("SigBlk:\t0000000000000000"), "{out}{err}");
+}
+
+#[test]
 fn writing_outside_the_rootfs_is_refused() {
     let r = rootfs();
     let o = run_in(&r.root, &[], &["/bin/probe", "write-outside"]);

@@ -71,10 +71,20 @@ fn join_cgroup(path: &Path) -> std::io::Result<()> {
         .write_all(b"0")
 }
 
-/// Runs the init; returns the process exit code.
+/// Runs the init started as a program (`PROGRAM __sandbox-init UID GID [TASKS...]`); returns
+/// the process exit code.
 pub fn main() -> i32 {
-    // SAFETY: the supervisor hands over fds 3 and 4 (dup2'd before exec) and nothing else in
-    // this process uses them; each is owned by exactly one File from here on.
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    run(&args)
+}
+
+/// The init's work, given the arguments after `__sandbox-init`: the host uid and gid, then
+/// the v1 `tasks` files to join. Fds 3 and 4 must be the configuration and status pipes.
+/// The calling process must be single-threaded.
+pub(crate) fn run(args: &[String]) -> i32 {
+    // SAFETY: the supervisor hands over fds 3 and 4 (dup2'd before exec or in the forked
+    // child) and nothing else in this process uses them; each is owned by exactly one File
+    // from here on.
     let (mut config_pipe, mut status) =
         unsafe { (File::from_raw_fd(CONFIG_FD), File::from_raw_fd(STATUS_FD)) };
     // The task must not inherit the status pipe past its exec.
@@ -83,11 +93,7 @@ pub fn main() -> i32 {
     // Become the task's unprivileged host ids *before* making the user namespace: the
     // namespace's owner is then that uid, and the kernel charges what the sandbox uses
     // against per-user limits (inotify instances, user namespaces...) to it, not to root.
-    let ids: Vec<u32> = std::env::args()
-        .skip(2)
-        .take(2)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let ids: Vec<u32> = args.iter().take(2).filter_map(|a| a.parse().ok()).collect();
     let (uid, gid) = match ids.as_slice() {
         [u, g] if *u != 0 && *g != 0 => (*u, *g),
         _ => {
@@ -102,8 +108,8 @@ pub fn main() -> i32 {
     // forked inside them. Writing `0` to `tasks` moves the calling thread only, which spares
     // the kernel's global threadgroup lock and its RCU grace period; this process is
     // single-threaded, so the thread is the whole process.
-    for path in std::env::args().skip(4) {
-        if let Err(e) = join_cgroup(Path::new(&path)) {
+    for path in args.iter().skip(2) {
+        if let Err(e) = join_cgroup(Path::new(path)) {
             report(&mut status, &format!("error cgroup {path}: {e}"));
             return 125;
         }
@@ -196,8 +202,8 @@ pub fn main() -> i32 {
     // default; the task closes it with every other descriptor before it execs).
     let init_pidfd =
         unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) } as libc::c_int;
-    // SAFETY: this process is single-threaded (a fresh exec that started no threads), so the
-    // child may run arbitrary code.
+    // SAFETY: this process is single-threaded (a fresh exec, or a fork of a single-threaded
+    // supervisor, that started no threads), so the child may run arbitrary code.
     let child = unsafe { libc::fork() };
     if child < 0 {
         report(
@@ -250,6 +256,7 @@ fn task(config: &InitConfig, status: &mut File, init_pidfd: libc::c_int) -> ! {
         // SAFETY: ends this process at once.
         unsafe { libc::_exit(125) }
     }
+    reset_signals();
     let code = match run_task(config, status) {
         Ok(never) => match never {},
         Err(line) => {
@@ -259,6 +266,53 @@ fn task(config: &InitConfig, status: &mut File, init_pidfd: libc::c_int) -> ! {
     };
     // SAFETY: ends this process without running the parent's atexit handlers or destructors.
     unsafe { libc::_exit(code) }
+}
+
+/// Every signal back to its default action, none blocked: ignored signals and the mask
+/// survive exec, and the Rust runtime that started this process ignores SIGPIPE (a task
+/// would then never die of a closed pipe).
+fn reset_signals() {
+    // The kernel's struct sigaction (glibc's `signal` refuses the two real-time signals it
+    // reserves, which a caller may still have ignored).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: `default` is a valid kernel sigaction of the size passed (8 bytes of
+            // mask); SIG_DFL installs no handler; the old action is not read.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &raw const default,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8,
+                )
+            };
+        }
+    }
+    let empty: u64 = 0;
+    // SAFETY: an 8-byte mask, as the size says; the old mask is not read.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &raw const empty,
+            std::ptr::null_mut::<u64>(),
+            8,
+        )
+    };
 }
 
 enum Never {}

@@ -49,6 +49,11 @@ pub struct Config {
     pub hostname: String,
     /// The program that runs [`crate::init::main`] when given `__sandbox-init`.
     pub init_program: PathBuf,
+    /// Fork the init from this process instead of starting `init_program`, when this process
+    /// is single-threaded at the time (checked; otherwise `init_program` is started). It
+    /// spares an exec and a dynamic loader (about a millisecond); a multi-threaded process
+    /// cannot fork safely, since the child could inherit a lock another thread held.
+    pub fork_init: bool,
     /// Where images are unpacked.
     pub work_dir: PathBuf,
     /// The cgroup filesystem root.
@@ -273,7 +278,7 @@ impl Killer {
 /// A running sandbox.
 pub struct Running {
     killer: Killer,
-    child: Child,
+    child: InitProcess,
     status: BufReader<std::fs::File>,
     prepared: Prepared,
     cgroup: Option<Cgroup>,
@@ -282,6 +287,9 @@ pub struct Running {
     report: Arc<dyn Fn(&Event) + Send + Sync>,
     landlock: String,
     supervisor: Option<std::thread::JoinHandle<()>>,
+    /// Hands the seccomp listener to the supervisor thread, started before the init's setup
+    /// so that its start-up does not delay the task's first exec.
+    listener_tx: Option<std::sync::mpsc::SyncSender<OwnedFd>>,
     host_link: Option<crate::net::HostLink>,
 }
 
@@ -291,6 +299,139 @@ impl std::fmt::Debug for Running {
             .field("pid", &self.child.id())
             .finish()
     }
+}
+
+/// The sandbox's init: a started program or a fork of this process.
+enum InitProcess {
+    Started(Child),
+    Forked { pid: libc::pid_t, reaped: bool },
+}
+
+impl InitProcess {
+    fn id(&self) -> u32 {
+        match self {
+            Self::Started(c) => c.id(),
+            Self::Forked { pid, .. } => pid.unsigned_abs(),
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Self::Started(c) => {
+                let _ = c.kill();
+            }
+            // Not yet reaped, so the pid cannot have been reused.
+            // SAFETY: plain integer arguments.
+            Self::Forked { pid, reaped: false } => unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            },
+            Self::Forked { reaped: true, .. } => {}
+        }
+    }
+
+    fn wait(&mut self) -> std::io::Result<Exit> {
+        use std::os::unix::process::ExitStatusExt;
+        let (code, signal) = match self {
+            Self::Started(c) => {
+                let status = c.wait()?;
+                (status.code(), status.signal())
+            }
+            Self::Forked { pid, reaped } => {
+                if *reaped {
+                    return Err(std::io::Error::other("the init was already reaped"));
+                }
+                let mut wstatus = 0;
+                loop {
+                    // SAFETY: `wstatus` is a writable int; `pid` is our unreaped child.
+                    if unsafe { libc::waitpid(*pid, &mut wstatus, 0) } == *pid {
+                        break;
+                    }
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::EINTR) {
+                        return Err(e);
+                    }
+                }
+                *reaped = true;
+                if libc::WIFEXITED(wstatus) {
+                    (Some(libc::WEXITSTATUS(wstatus)), None)
+                } else {
+                    (None, Some(libc::WTERMSIG(wstatus)))
+                }
+            }
+        };
+        Ok(match (code, signal) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(s)) => Exit::Signal(s),
+            _ => Exit::Code(125),
+        })
+    }
+}
+
+/// Whether this process has one thread (then only the caller could start another).
+fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.take(2).count() == 1)
+}
+
+/// Forks the init from this (single-threaded) process: the child puts the configuration and
+/// status pipes at fds 3 and 4 and the log files at 1 and 2, closes every other descriptor,
+/// and runs [`crate::init::run`] with the arguments the started init would get.
+fn fork_init(
+    args: &[String],
+    pipes: (i32, i32),
+    logs: (Option<i32>, Option<i32>),
+) -> std::io::Result<libc::pid_t> {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the caller checked that this process has a single thread, so no lock in the
+    // child can be held by a thread that does not exist there: the child may run any code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(pid);
+    }
+    // The child must never return into the caller's frames: a panic ends it like an error.
+    let code = std::panic::catch_unwind(|| forked_init(parent, args, pipes, logs)).unwrap_or(125);
+    // SAFETY: ends the child without running the parent's destructors or atexit handlers.
+    unsafe { libc::_exit(code) }
+}
+
+fn forked_init(
+    parent: libc::pid_t,
+    args: &[String],
+    (cfg_r, st_w): (i32, i32),
+    (stdout, stderr): (Option<i32>, Option<i32>),
+) -> i32 {
+    // SAFETY: plain integer arguments on descriptors this child inherited; nothing in the
+    // child uses the numbers being replaced or closed.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+            || libc::getppid() != parent
+        {
+            return 125;
+        }
+        // Move everything out of the way first (one could sit on another's target number).
+        let moved = |fd: i32| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+        let (a, b) = (moved(cfg_r), moved(st_w));
+        let (o, e) = (stdout.map(moved), stderr.map(moved));
+        if a < 0 || b < 0 || o.is_some_and(|o| o < 0) || e.is_some_and(|e| e < 0) {
+            return 125;
+        }
+        for (from, to) in [(Some(a), CONFIG_FD), (Some(b), STATUS_FD), (o, 1), (e, 2)] {
+            if let Some(from) = from
+                && libc::dup2(from, to) < 0
+            {
+                return 125;
+            }
+        }
+        // Every other descriptor of the supervisor goes (the config pipe's write end among
+        // them: the init reads the configuration to its end).
+        if libc::syscall(libc::SYS_close_range, STATUS_FD + 1, u32::MAX, 0) != 0 {
+            return 125;
+        }
+    }
+    crate::init::run(args)
 }
 
 /// Whether this process may start sandboxes (each maps the task's root to a host uid of its
@@ -361,29 +502,81 @@ pub fn start(
     let (cfg_r, cfg_w) = pipe().map_err(start_err("pipe"))?;
     let (st_r, st_w) = pipe().map_err(start_err("pipe"))?;
     let (cfg_r_fd, st_w_fd) = (cfg_r.as_raw_fd(), st_w.as_raw_fd());
-    let mut cmd = Command::new(&cfg.init_program);
-    cmd.arg(INIT_ARG)
-        .arg(cfg.host_uid.to_string())
-        .arg(cfg.host_gid.to_string());
     // On v1 the init, single-threaded, moves itself into the cgroups before anything else
     // (see `Cgroup::self_join_files`); on v2 this process moves it below.
     let self_join = cgroup.as_ref().and_then(Cgroup::self_join_files);
-    for f in self_join.iter().flatten() {
-        cmd.arg(f);
-    }
-    cmd.env_clear();
-    let append = |p: &Path| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .map_err(|e| SandboxError::Start(format!("log file {}: {e}", p.display())))
+    let mut init_args = vec![cfg.host_uid.to_string(), cfg.host_gid.to_string()];
+    init_args.extend(
+        self_join
+            .iter()
+            .flatten()
+            .map(|f| f.to_string_lossy().into_owned()),
+    );
+    let append = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map(|p| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| SandboxError::Start(format!("log file {}: {e}", p.display())))
+            })
+            .transpose()
     };
-    if let Some(p) = &cfg.stdout {
-        cmd.stdout(append(p)?);
+    let (stdout, stderr) = (append(&cfg.stdout)?, append(&cfg.stderr)?);
+    let child = if cfg.fork_init && single_threaded() {
+        let fd = |f: &Option<std::fs::File>| f.as_ref().map(AsRawFd::as_raw_fd);
+        let pid = fork_init(&init_args, (cfg_r_fd, st_w_fd), (fd(&stdout), fd(&stderr)))
+            .map_err(start_err("starting the sandbox init"))?;
+        InitProcess::Forked { pid, reaped: false }
+    } else {
+        InitProcess::Started(spawn_init(
+            cfg,
+            &init_args,
+            (cfg_r_fd, st_w_fd),
+            stdout,
+            stderr,
+        )?)
+    };
+    drop(cfg_r);
+    drop(st_w);
+    let pid = child.id();
+    let killer = Killer::default();
+    killer.add(pid);
+    let mut running = Running {
+        killer,
+        child,
+        status: BufReader::new(std::fs::File::from(st_r)),
+        prepared,
+        cgroup,
+        stop: Arc::new(AtomicBool::new(false)),
+        events: Arc::new(Mutex::new((Vec::new(), 0))),
+        report,
+        landlock: String::new(),
+        supervisor: None,
+        listener_tx: None,
+        host_link: None,
+    };
+    running.spawn_supervisor();
+    finish_start(cfg, &id, &volumes, self_join.is_some(), &mut running, cfg_w)?;
+    Ok(running)
+}
+
+/// Starts `init_program` as the init (fork and exec).
+fn spawn_init(
+    cfg: &Config,
+    args: &[String],
+    (cfg_r_fd, st_w_fd): (i32, i32),
+    stdout: Option<std::fs::File>,
+    stderr: Option<std::fs::File>,
+) -> Result<Child, SandboxError> {
+    let mut cmd = Command::new(&cfg.init_program);
+    cmd.arg(INIT_ARG).args(args).env_clear();
+    if let Some(f) = stdout {
+        cmd.stdout(f);
     }
-    if let Some(p) = &cfg.stderr {
-        cmd.stderr(append(p)?);
+    if let Some(f) = stderr {
+        cmd.stderr(f);
     }
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
     // syscalls (fcntl, dup2, prctl) on integers captured by value.
@@ -405,27 +598,21 @@ pub fn start(
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(start_err("starting the sandbox init"))?;
-    drop(cfg_r);
-    drop(st_w);
-    let pid = child.id();
-    let killer = Killer::default();
-    killer.add(pid);
-    let mut running = Running {
-        killer,
-        child,
-        status: BufReader::new(std::fs::File::from(st_r)),
-        prepared,
-        cgroup,
-        stop: Arc::new(AtomicBool::new(false)),
-        events: Arc::new(Mutex::new((Vec::new(), 0))),
-        report,
-        landlock: String::new(),
-        supervisor: None,
-        host_link: None,
-    };
+    cmd.spawn()
+        .map_err(|e| SandboxError::Start(format!("starting the sandbox init: {e}")))
+}
+
+/// The rest of the start, once the init runs: uid/gid maps, network, cgroup, configuration,
+/// and the seccomp listener. On error the sandbox is killed and reaped.
+fn finish_start(
+    cfg: &Config,
+    id: &str,
+    volumes: &[crate::setup::Volume],
+    self_join: bool,
+    running: &mut Running,
+    cfg_w: OwnedFd,
+) -> Result<(), SandboxError> {
+    let pid = running.child.id();
     let cgroup = running.cgroup.take();
     let setup = std::thread::scope(|scope| -> Result<(), SandboxError> {
         // On v2, moving a process into a cgroup waits for an RCU grace period (milliseconds):
@@ -433,7 +620,7 @@ pub fn start(
         // forked.
         let mut attach = cgroup
             .as_ref()
-            .filter(|_| self_join.is_none())
+            .filter(|_| !self_join)
             .map(|cg| scope.spawn(move || cg.add(pid)));
         running.expect_line("unshared")?;
         let write = |file: &str, text: String| {
@@ -443,7 +630,7 @@ pub fn start(
         write("uid_map", format!("0 {} 1\n", cfg.host_uid))?;
         write("gid_map", format!("0 {} 1\n", cfg.host_gid))?;
         if let crate::net::Network::Veth(v) = &cfg.network {
-            let link = crate::net::create_veth(&crate::net::host_if_name(&id), pid, v)
+            let link = crate::net::create_veth(&crate::net::host_if_name(id), pid, v)
                 .map_err(|e| SandboxError::Start(format!("network: {e}")))?;
             running.host_link = Some(link);
         }
@@ -472,7 +659,7 @@ pub fn start(
                 .pids
                 .map_or(DEFAULT_NPROC, |p| p.saturating_add(8).max(DEFAULT_NPROC)),
             network: cfg.network.clone(),
-            volumes: volumes.clone(),
+            volumes: volumes.to_vec(),
         };
         let text = serde_json::to_vec(&init).map_err(|e| SandboxError::Start(e.to_string()))?;
         let mut w = std::fs::File::from(cfg_w);
@@ -484,11 +671,11 @@ pub fn start(
     running.cgroup = cgroup;
     if let Err(e) = setup {
         running.killer.kill();
-        let _ = running.child.kill();
+        running.child.kill();
         let _ = running.child.wait();
         return Err(e);
     }
-    Ok(running)
+    Ok(())
 }
 
 fn nofile_limit() -> u64 {
@@ -517,6 +704,40 @@ impl Running {
     /// The verified image's executables.
     pub fn index(&self) -> &ExecIndex {
         &self.prepared.index
+    }
+
+    /// Starts the supervisor thread; it serves the listener once `await_listener` sends it,
+    /// and ends at once if none comes (the start failed).
+    fn spawn_supervisor(&mut self) {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<OwnedFd>(1);
+        let index = Arc::clone(&self.prepared.index);
+        let stop = Arc::clone(&self.stop);
+        let events = Arc::clone(&self.events);
+        let report = Arc::clone(&self.report);
+        self.listener_tx = Some(tx);
+        self.supervisor = Some(std::thread::spawn(move || {
+            let Ok(listener) = rx.recv() else {
+                return;
+            };
+            // Bounded: a task looping on refused execs cannot grow the supervisor's memory or
+            // flood its log; the rest are counted. Refusals and allowed execs are capped
+            // apart, so a task running /bin/true in a loop cannot hide a later refusal.
+            let sink = move |e: Event| {
+                let mut ev = events.lock().unwrap_or_else(|p| p.into_inner());
+                let refused = matches!(e, Event::ExecRefused { .. });
+                let kept =
+                    ev.0.iter()
+                        .filter(|k| matches!(k, Event::ExecRefused { .. }) == refused)
+                        .count();
+                if kept < MAX_EVENTS {
+                    report(&e);
+                    ev.0.push(e);
+                } else {
+                    ev.1 += 1;
+                }
+            };
+            serve(listener, index, stop, &sink);
+        }));
     }
 
     fn expect_line(&mut self, want: &str) -> Result<(), SandboxError> {
@@ -568,38 +789,20 @@ impl Running {
             // The init's "pid" and the task's "listener" race to the pipe: take them in
             // either order.
             if let (Some(pid), Some(fd)) = (task_pid, listener_fd) {
-                {
-                    self.killer.add(pid);
-                    let listener = fetch_listener(pid, fd).map_err(|e| {
-                        SandboxError::Setup(format!("taking the seccomp listener: {e}"))
-                    })?;
-                    let index = Arc::clone(&self.prepared.index);
-                    let stop = Arc::clone(&self.stop);
-                    let events = Arc::clone(&self.events);
-                    let report = Arc::clone(&self.report);
-                    self.supervisor = Some(std::thread::spawn(move || {
-                        // Bounded: a task looping on refused execs cannot grow the
-                        // supervisor's memory or flood its log; the rest are counted.
-                        // Refusals and allowed execs are capped apart, so a task running
-                        // /bin/true in a loop cannot hide a later refusal.
-                        let sink = move |e: Event| {
-                            let mut ev = events.lock().unwrap_or_else(|p| p.into_inner());
-                            let refused = matches!(e, Event::ExecRefused { .. });
-                            let kept =
-                                ev.0.iter()
-                                    .filter(|k| matches!(k, Event::ExecRefused { .. }) == refused)
-                                    .count();
-                            if kept < MAX_EVENTS {
-                                report(&e);
-                                ev.0.push(e);
-                            } else {
-                                ev.1 += 1;
-                            }
-                        };
-                        serve(listener, index, stop, &sink);
-                    }));
-                    return Ok(());
+                self.killer.add(pid);
+                let listener = fetch_listener(pid, fd).map_err(|e| {
+                    SandboxError::Setup(format!("taking the seccomp listener: {e}"))
+                })?;
+                let sent = self
+                    .listener_tx
+                    .take()
+                    .is_some_and(|tx| tx.send(listener).is_ok());
+                if !sent {
+                    return Err(SandboxError::Start(
+                        "the exec supervisor thread is gone".into(),
+                    ));
                 }
+                return Ok(());
             }
         }
     }
@@ -629,14 +832,7 @@ impl Running {
         if let Some(h) = self.supervisor.take() {
             let _ = h.join();
         }
-        let exit = exit.unwrap_or_else(|| {
-            use std::os::unix::process::ExitStatusExt;
-            match (status.code(), status.signal()) {
-                (Some(c), _) => Exit::Code(c),
-                (None, Some(s)) => Exit::Signal(s),
-                _ => Exit::Code(125),
-            }
-        });
+        let exit = exit.unwrap_or(status);
         if let Some(e) = errors.first() {
             return Err(SandboxError::Setup(e.clone()));
         }
@@ -704,6 +900,20 @@ pub fn uid_conflicts(uid: u32, passwd: &str, subuid: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_with_a_second_thread_is_not_single_threaded() {
+        // The test harness runs this on a thread of its own: never one thread, so a library
+        // caller in a multi-threaded process gets the started init, not a fork.
+        assert!(!single_threaded());
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let _ = rx.recv();
+        });
+        assert!(!single_threaded());
+        drop(tx);
+        let _ = t.join();
+    }
 
     #[test]
     fn uid_conflicts_name_passwd_users_and_subuid_ranges() {

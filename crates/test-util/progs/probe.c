@@ -333,7 +333,8 @@ int main(int argc, char **argv) {
         char line[256];
         while (f && fgets(line, sizeof line, f)) {
             if (!strncmp(line, "Uid:", 4) || !strncmp(line, "CapEff:", 7) ||
-                !strncmp(line, "CapPrm:", 7) || !strncmp(line, "NoNewPrivs:", 11))
+                !strncmp(line, "CapPrm:", 7) || !strncmp(line, "NoNewPrivs:", 11) ||
+                !strncmp(line, "SigIgn:", 7) || !strncmp(line, "SigBlk:", 7))
                 fputs(line, stdout);
         }
     } else if (!strcmp(t, "strict-calls")) {
