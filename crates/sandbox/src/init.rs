@@ -23,6 +23,11 @@ pub const INIT_ARG: &str = "__sandbox-init";
 pub const CONFIG_FD: i32 = 3;
 /// The fd the init reports on.
 pub const STATUS_FD: i32 = 4;
+/// The init's third argument: the network namespace is made with the others, at start.
+pub const NET_AT_START: &str = "net-at-start";
+/// The init's third argument: the network namespace is made after the task is forked and
+/// handed to it (see `net::send_new_netns`); only for a loopback-only network.
+pub const NET_LATE: &str = "net-late";
 
 /// What the supervisor tells the init.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,15 +76,16 @@ fn join_cgroup(path: &Path) -> std::io::Result<()> {
         .write_all(b"0")
 }
 
-/// Runs the init started as a program (`PROGRAM __sandbox-init UID GID [TASKS...]`); returns
-/// the process exit code.
+/// Runs the init started as a program (`PROGRAM __sandbox-init UID GID NET [TASKS...]`);
+/// returns the process exit code.
 pub fn main() -> i32 {
     let args: Vec<String> = std::env::args().skip(2).collect();
     run(&args)
 }
 
-/// The init's work, given the arguments after `__sandbox-init`: the host uid and gid, then
-/// the v1 `tasks` files to join. Fds 3 and 4 must be the configuration and status pipes.
+/// The init's work, given the arguments after `__sandbox-init`: the host uid and gid, when
+/// to make the network namespace ([`NET_AT_START`] or [`NET_LATE`]), then the v1 `tasks`
+/// files to join. Fds 3 and 4 must be the configuration and status pipes.
 /// The calling process must be single-threaded.
 pub(crate) fn run(args: &[String]) -> i32 {
     // SAFETY: the supervisor hands over fds 3 and 4 (dup2'd before exec or in the forked
@@ -108,7 +114,20 @@ pub(crate) fn run(args: &[String]) -> i32 {
     // forked inside them. Writing `0` to `tasks` moves the calling thread only, which spares
     // the kernel's global threadgroup lock and its RCU grace period; this process is
     // single-threaded, so the thread is the whole process.
-    for path in args.iter().skip(2) {
+    let late_net = match args.get(2).map(String::as_str) {
+        Some(NET_AT_START) => false,
+        Some(NET_LATE) => true,
+        _ => {
+            report(
+                &mut status,
+                &format!(
+                    "error network: expected {NET_AT_START} or {NET_LATE} as the third argument"
+                ),
+            );
+            return 125;
+        }
+    };
+    for path in args.iter().skip(3) {
         if let Err(e) = join_cgroup(Path::new(path)) {
             report(&mut status, &format!("error cgroup {path}: {e}"));
             return 125;
@@ -140,12 +159,14 @@ pub(crate) fn run(args: &[String]) -> i32 {
     // New namespaces, owned by a new user namespace in which this process holds every
     // capability until it execs; the supervisor maps uid/gid 0 to its unprivileged host ids
     // once told. The pid namespace is entered by this process's first child.
-    let flags = libc::CLONE_NEWUSER
+    let mut flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNET
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC;
+    if !late_net {
+        flags |= libc::CLONE_NEWNET;
+    }
     // SAFETY: plain integer argument; this process is single-threaded, as unshare requires.
     if unsafe { libc::unshare(flags) } != 0 {
         report(
@@ -202,6 +223,20 @@ pub(crate) fn run(args: &[String]) -> i32 {
     // default; the task closes it with every other descriptor before it execs).
     let init_pidfd =
         unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) } as libc::c_int;
+    if late_net && config.network != crate::net::Network::None {
+        report(
+            &mut status,
+            "error network: a veth needs the network namespace from the start",
+        );
+        return 125;
+    }
+    let net_pair = match late_net.then(crate::net::socket_pair).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            report(&mut status, &format!("error network: {e}"));
+            return 125;
+        }
+    };
     // SAFETY: this process is single-threaded (a fresh exec, or a fork of a single-threaded
     // supervisor, that started no threads), so the child may run arbitrary code.
     let child = unsafe { libc::fork() };
@@ -213,9 +248,32 @@ pub(crate) fn run(args: &[String]) -> i32 {
         return 125;
     }
     if child == 0 {
-        task(&config, &mut status, init_pidfd);
+        // The task keeps its end only: with the init's end closed here, an init that dies
+        // before sending is an end of file, not a wait forever.
+        let net_from = net_pair.map(|(init_end, task_end)| {
+            drop(init_end);
+            std::os::fd::IntoRawFd::into_raw_fd(task_end)
+        });
+        task(&config, &mut status, init_pidfd, net_from);
     }
     report(&mut status, &format!("pid {child}"));
+    if let Some((init_end, task_end)) = net_pair {
+        drop(task_end);
+        let sent = if init_pidfd < 0 {
+            Err(std::io::Error::other("no pidfd for the init"))
+        } else {
+            // SAFETY: `init_pidfd` (not -1) is this process's own pidfd, open until the
+            // process ends; the borrow lasts only for the clone.
+            let me = unsafe { std::os::fd::BorrowedFd::borrow_raw(init_pidfd) };
+            me.try_clone_to_owned()
+                .and_then(|me| crate::net::send_new_netns(&init_end, &me))
+        };
+        if let Err(e) = sent {
+            // The task sees its socket close and stops; this says why.
+            report(&mut status, &format!("error network namespace: {e}"));
+        }
+        drop(init_end);
+    }
     let mut wstatus = 0;
     loop {
         // SAFETY: `wstatus` is a writable int.
@@ -240,7 +298,12 @@ pub(crate) fn run(args: &[String]) -> i32 {
 }
 
 /// The task: pid 1 of the new pid namespace. Never returns.
-fn task(config: &InitConfig, status: &mut File, init_pidfd: libc::c_int) -> ! {
+fn task(
+    config: &InitConfig,
+    status: &mut File,
+    init_pidfd: libc::c_int,
+    net_from: Option<i32>,
+) -> ! {
     // Die with the init (and so with the supervisor); if the init is already gone, now. (From
     // inside the new pid namespace the parent is invisible, so ask the init's pidfd.)
     // SAFETY: plain integer arguments.
@@ -257,7 +320,7 @@ fn task(config: &InitConfig, status: &mut File, init_pidfd: libc::c_int) -> ! {
         unsafe { libc::_exit(125) }
     }
     reset_signals();
-    let code = match run_task(config, status) {
+    let code = match run_task(config, status, net_from) {
         Ok(never) => match never {},
         Err(line) => {
             report(status, &line);
@@ -317,7 +380,11 @@ fn reset_signals() {
 
 enum Never {}
 
-fn run_task(config: &InitConfig, status: &mut File) -> Result<Never, String> {
+fn run_task(
+    config: &InitConfig,
+    status: &mut File,
+    net_from: Option<i32>,
+) -> Result<Never, String> {
     let profile = Profile::named(&config.profile).map_err(|e| format!("error profile: {e}"))?;
     let plan = Plan {
         rootfs: config.rootfs.clone(),
@@ -331,6 +398,7 @@ fn run_task(config: &InitConfig, status: &mut File) -> Result<Never, String> {
         status_fd: STATUS_FD,
         filter: profile.compile(),
         network: config.network.clone(),
+        netns_from: net_from,
         landlock_writes: profile.landlock_writes,
         volumes: config.volumes.clone(),
     };

@@ -505,7 +505,18 @@ pub fn start(
     // On v1 the init, single-threaded, moves itself into the cgroups before anything else
     // (see `Cgroup::self_join_files`); on v2 this process moves it below.
     let self_join = cgroup.as_ref().and_then(Cgroup::self_join_files);
-    let mut init_args = vec![cfg.host_uid.to_string(), cfg.host_gid.to_string()];
+    // Loopback only: the init makes the network namespace while the task pivots (see
+    // `net::send_new_netns`), where the kernel can hand it over.
+    let net = if cfg.network == crate::net::Network::None && crate::net::late_netns_supported() {
+        crate::init::NET_LATE
+    } else {
+        crate::init::NET_AT_START
+    };
+    let mut init_args = vec![
+        cfg.host_uid.to_string(),
+        cfg.host_gid.to_string(),
+        net.to_owned(),
+    ];
     init_args.extend(
         self_join
             .iter()

@@ -33,6 +33,9 @@ pub struct Plan {
     pub filter: Vec<SockFilter>,
     /// The network inside.
     pub network: crate::net::Network,
+    /// A socket the init sends the network namespace on, made after the task was forked
+    /// (see `net::send_new_netns`); `None` when the task was born in it.
+    pub netns_from: Option<RawFd>,
     /// Whether landlock also confines writes (the strict profile).
     pub landlock_writes: bool,
     /// Host directories bound into the sandbox.
@@ -210,6 +213,9 @@ pub fn enter(sys: &dyn Syscall, plan: &Plan) -> Result<Entered, SysError> {
 
     sys.new_session()?;
     sys.sethostname(&plan.hostname)?;
+    if let Some(sock) = plan.netns_from {
+        sys.join_netns(sock)?;
+    }
     sys.configure_network(&plan.network)?;
     for (res, soft, hard) in &plan.rlimits {
         sys.setrlimit(*res, *soft, *hard)?;
@@ -251,6 +257,7 @@ mod tests {
             status_fd: 4,
             filter: Profile::strict().compile(),
             network: crate::net::Network::None,
+            netns_from: None,
             landlock_writes: true,
             volumes: vec![Volume {
                 host: PathBuf::from("/srv/data"),
@@ -262,6 +269,54 @@ mod tests {
 
     fn position(calls: &[Call], pred: impl Fn(&Call) -> bool) -> usize {
         calls.iter().position(pred).unwrap_or(usize::MAX)
+    }
+
+    #[test]
+    fn a_late_network_namespace_is_entered_after_the_pivot_and_before_anything_is_configured() {
+        let sys = RecordingSyscall::default();
+        let plan = Plan {
+            netns_from: Some(7),
+            ..plan()
+        };
+        enter(&sys, &plan).unwrap_or_else(|e| unreachable!("{e}"));
+        let calls = sys.calls();
+        let detach = position(&calls, |c| matches!(c, Call::UmountDetach(_)));
+        let join = position(&calls, |c| matches!(c, Call::JoinNetns(7)));
+        let net = position(&calls, |c| matches!(c, Call::Network(_)));
+        let close = position(&calls, |c| matches!(c, Call::CloseFds(3, 4)));
+        assert!(detach < join && join < net && net < close, "{calls:#?}");
+        // Without a socket the task was born in its namespace: nothing to join.
+        let sys = RecordingSyscall::default();
+        enter(&sys, &self::plan()).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(!sys.calls().iter().any(|c| matches!(c, Call::JoinNetns(_))));
+    }
+
+    #[test]
+    fn a_task_that_gets_no_network_namespace_stops_before_its_filter() {
+        let plan = Plan {
+            netns_from: Some(7),
+            ..plan()
+        };
+        let probe = RecordingSyscall::default();
+        enter(&probe, &plan).unwrap_or_else(|e| unreachable!("{e}"));
+        let at = position(&probe.calls(), |c| matches!(c, Call::JoinNetns(7)));
+        let sys = RecordingSyscall {
+            fail_at: Some(at),
+            ..Default::default()
+        };
+        let e = enter(&sys, &plan).err().map(|e| e.to_string());
+        assert!(
+            e.is_some_and(|e| e.contains("JoinNetns")),
+            "{:?}",
+            sys.calls()
+        );
+        let calls = sys.calls();
+        assert!(
+            !calls
+                .iter()
+                .any(|c| matches!(c, Call::Network(_) | Call::Seccomp(_) | Call::DropCaps)),
+            "{calls:#?}"
+        );
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub trait Syscall {
     fn seccomp_with_listener(&self, prog: &[SockFilter]) -> Result<RawFd, SysError>;
     /// Brings loopback up and configures the veth end, if any.
     fn configure_network(&self, net: &crate::net::Network) -> Result<(), SysError>;
+    /// Receives a network namespace on the socket `sock` and enters it.
+    fn join_netns(&self, sock: RawFd) -> Result<(), SysError>;
 }
 
 fn errno() -> i32 {
@@ -121,6 +123,13 @@ fn cstr(s: &str, op: &str) -> Result<CString, SysError> {
 pub struct LinuxSyscall;
 
 impl Syscall for LinuxSyscall {
+    fn join_netns(&self, sock: RawFd) -> Result<(), SysError> {
+        crate::net::join_netns_from(sock).map_err(|e| SysError {
+            op: format!("network namespace: {e}"),
+            errno: e.raw_os_error().unwrap_or(libc::EPIPE),
+        })
+    }
+
     fn configure_network(&self, net: &crate::net::Network) -> Result<(), SysError> {
         crate::net::configure(net).map_err(|e| SysError {
             op: format!("network: {e}"),
@@ -466,6 +475,8 @@ pub enum Call {
     Seccomp(usize),
     /// Network configured.
     Network(crate::net::Network),
+    /// A network namespace received on this socket and entered.
+    JoinNetns(RawFd),
 }
 
 /// Records every call; fails the call whose index is `fail_at`, if any.
@@ -499,6 +510,9 @@ impl RecordingSyscall {
 }
 
 impl Syscall for RecordingSyscall {
+    fn join_netns(&self, sock: RawFd) -> Result<(), SysError> {
+        self.record(Call::JoinNetns(sock))
+    }
     fn configure_network(&self, net: &crate::net::Network) -> Result<(), SysError> {
         self.record(Call::Network(net.clone()))
     }
