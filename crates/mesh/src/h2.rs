@@ -102,14 +102,109 @@ fn server_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     b
 }
 
-/// One lazily opened, shared HTTP/2 connection.
+/// Requests of one connection in flight, and when the last one ended.
+#[derive(Debug)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    since: std::sync::Mutex<std::time::Instant>,
+}
+
+/// Counts a request in flight until dropped (also when the request is cancelled).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(a: &Arc<Activity>) -> Self {
+        a.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(Arc::clone(a))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self
+            .0
+            .since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Serves one HTTP/2 connection with `handle` for each request. A connection with no request
+/// in flight for `idle` is shut down gracefully (GOAWAY; streams already open would finish),
+/// as an HTTP/1.1 connection is closed after `idle` without a request: pings alone keep a
+/// connection alive only as long as its peer answers them, which an idle peer does forever.
+async fn serve_h2<S, H, Fut>(io: S, idle: std::time::Duration, handle: H)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let activity = Arc::new(Activity {
+        in_flight: std::sync::atomic::AtomicUsize::new(0),
+        since: std::sync::Mutex::new(std::time::Instant::now()),
+    });
+    let handle = Arc::new(handle);
+    let counted = Arc::clone(&activity);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let guard = InFlight::new(&counted);
+        let fut = handle(req);
+        async move {
+            let resp = fut.await;
+            drop(guard);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = server_builder().serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let tick = (idle / 4).clamp(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(5),
+    );
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = tokio::time::sleep(tick) => {
+                let quiet = activity.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0
+                    && activity
+                        .since
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .elapsed()
+                        >= idle;
+                if quiet {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One lazily opened, shared HTTP/2 connection, and when a request last started on it.
 #[derive(Debug, Default)]
-pub struct Upstream(Mutex<Option<hyper::client::conn::http2::SendRequest<Incoming>>>);
+pub struct Upstream(
+    Mutex<
+        Option<(
+            hyper::client::conn::http2::SendRequest<Incoming>,
+            std::time::Instant,
+        )>,
+    >,
+);
 
 impl Upstream {
+    /// The shared connection, or a new one from `open` when there is none, it closed, or no
+    /// request started on it for `fresh_for`: a server closes a connection idle for its own
+    /// idle time, and a request sent just as it does would fail, so the connection is left
+    /// well before (half the proxy's own idle time; both proxies have the same one).
     async fn sender<S, F, Fut>(
         &self,
         open: F,
+        fresh_for: std::time::Duration,
     ) -> Result<hyper::client::conn::http2::SendRequest<Incoming>, Refusal>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -117,9 +212,11 @@ impl Upstream {
         Fut: std::future::Future<Output = Result<S, Refusal>>,
     {
         let mut slot = self.0.lock().await;
-        if let Some(s) = slot.as_ref()
+        if let Some((s, used)) = slot.as_mut()
             && !s.is_closed()
+            && used.elapsed() < fresh_for
         {
+            *used = std::time::Instant::now();
             return Ok(s.clone());
         }
         let io = open().await?;
@@ -133,7 +230,7 @@ impl Upstream {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        *slot = Some(sender.clone());
+        *slot = Some((sender.clone(), std::time::Instant::now()));
         Ok(sender)
     }
 }
@@ -183,20 +280,17 @@ impl Mesh {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let upstream = Arc::new(Upstream::default());
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let idle = self.limits().idle;
+        serve_h2(io, idle, move |req: Request<Incoming>| {
             let this = Arc::clone(&self);
             let peer = peer.clone();
             let upstream = Arc::clone(&upstream);
             async move {
-                Ok::<_, Infallible>(
-                    this.inbound_h2_request(req, &peer, forward, &upstream)
-                        .await,
-                )
+                this.inbound_h2_request(req, &peer, forward, &upstream)
+                    .await
             }
-        });
-        let _ = server_builder()
-            .serve_connection(TokioIo::new(io), service)
-            .await;
+        })
+        .await;
     }
 
     async fn inbound_h2_request(
@@ -311,12 +405,15 @@ impl Mesh {
             Err(r) => return refusal(&r, grpc),
         };
         let sender = upstream
-            .sender(|| async move {
-                self.connect_local(forward).await.map_err(|_| Refusal {
-                    status: 502,
-                    reason: format!("the service's local port {forward} does not answer"),
-                })
-            })
+            .sender(
+                || async move {
+                    self.connect_local(forward).await.map_err(|_| Refusal {
+                        status: 502,
+                        reason: format!("the service's local port {forward} does not answer"),
+                    })
+                },
+                self.limits().idle / 2,
+            )
             .await;
         let response = self.send_within(sender, forwarded, "the service").await;
         match response {
@@ -337,13 +434,12 @@ impl Mesh {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let idle = self.limits().idle;
+        serve_h2(io, idle, move |req: Request<Incoming>| {
             let this = Arc::clone(&self);
-            async move { Ok::<_, Infallible>(this.outbound_h2_request(req).await) }
-        });
-        let _ = server_builder()
-            .serve_connection(TokioIo::new(io), service)
-            .await;
+            async move { this.outbound_h2_request(req).await }
+        })
+        .await;
     }
 
     async fn outbound_h2_request(&self, req: Request<Incoming>) -> Response<Body> {
@@ -419,7 +515,10 @@ impl Mesh {
         };
         let upstream = self.h2_upstream(&service);
         let sender = upstream
-            .sender(|| async { self.connect_alpn(&service, b"h2").await })
+            .sender(
+                || async { self.connect_alpn(&service, b"h2").await },
+                self.limits().idle / 2,
+            )
             .await;
         let response = self.send_within(sender, forwarded, &name).await;
         match response {

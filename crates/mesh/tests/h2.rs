@@ -423,3 +423,53 @@ async fn h2_over_mtls_directly_checks_the_peer_and_the_policy() {
     let e = audited(&s.orders.audit, |e| e.decision == Decision::Deny).await;
     assert_eq!(e.actor.as_str(), EVIL);
 }
+
+/// An h2c client connection whose driver's end is observable: the time it ended.
+async fn h2c_client_watched(
+    addr: SocketAddr,
+) -> (Sender, tokio::task::JoinHandle<std::time::Instant>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let ended = tokio::spawn(async move {
+        let _ = conn.await;
+        std::time::Instant::now()
+    });
+    (sender, ended)
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_and_a_busy_one_is_kept() {
+    // The test proxies' idle time is 5 s (support::World::mesh). Pings alone would keep an
+    // idle connection open for as long as its peer answers them.
+    let s = setup(Mode::Enforce).await;
+    let get = || {
+        request("GET", "http://orders.shop/orders/1")
+            .body(empty())
+            .unwrap()
+    };
+    let started = std::time::Instant::now();
+    let (mut idle, idle_ended) = h2c_client_watched(s.web.addr).await;
+    let (mut busy, busy_ended) = h2c_client_watched(s.web.addr).await;
+    assert_eq!(send(&mut idle, get()).await.0, 200);
+    for _ in 0..8 {
+        let (status, _, text) = send(&mut busy, get()).await;
+        assert_eq!(status, 200, "{text}");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(3), idle_ended)
+        .await
+        .expect("the idle connection is still open after 11 s")
+        .unwrap();
+    let after = ended.duration_since(started);
+    assert!(
+        after >= std::time::Duration::from_secs(5) && after < std::time::Duration::from_secs(8),
+        "the idle connection ended after {after:?}, not after its 5 s idle time"
+    );
+    assert!(idle.is_closed());
+    // The busy one, used every second, is still open and still answers.
+    assert!(!busy.is_closed() && !busy_ended.is_finished());
+    assert_eq!(send(&mut busy, get()).await.0, 200);
+}
