@@ -137,6 +137,12 @@ impl Layout {
         self.key(&format!("id/{id}"))
     }
 
+    /// Where a second content offered under an already recorded id is remembered.
+    fn event_id_version(&self, id: &str, content: &Hash) -> Result<Key, StoreError> {
+        let hex: String = content.iter().map(|b| format!("{b:02x}")).collect();
+        self.key(&format!("idv/{id}/{hex}"))
+    }
+
     /// The entry index encoded in an entry key.
     pub(crate) fn index_of(&self, key: &Key) -> Option<u64> {
         key.as_str()
@@ -678,7 +684,7 @@ impl Sequencer {
             match self.commit(&batch).await {
                 Ok(indices) => {
                     for (req, index) in batch.drain(..).zip(indices) {
-                        let _ = req.reply.send(Ok(index));
+                        let _ = req.reply.send(index);
                     }
                 }
                 Err(e) => {
@@ -708,44 +714,116 @@ impl Sequencer {
         }
     }
 
+    /// The entry an id was first recorded at, and the leaf hash of what was recorded there.
+    /// (Records written before the hash was kept hold the index only: the entry is read.)
+    async fn recorded(&self, id: &str) -> Result<Option<(u64, Hash)>, AuditError> {
+        let Some(v) = self.store.get(&self.layout.event_id(id)?).await? else {
+            return Ok(None);
+        };
+        let corrupt = || AuditError::Corrupt(format!("event id record {id} is malformed"));
+        let index = v
+            .value
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(corrupt)?;
+        if let Some(h) = v.value.get(8..40).and_then(|b| Hash::try_from(b).ok()) {
+            return Ok(Some((index, h)));
+        }
+        let entry = self
+            .store
+            .get(&self.layout.entry(index)?)
+            .await?
+            .ok_or_else(corrupt)?;
+        let (_, event) = decode_record(&entry.value).ok_or_else(corrupt)?;
+        Ok(Some((index, rfc9162::leaf_hash(event))))
+    }
+
     /// Makes the batch durable; returns each request's entry index.
-    async fn commit(&mut self, batch: &[AppendRequest]) -> Result<Vec<u64>, AuditError> {
+    async fn commit(
+        &mut self,
+        batch: &[AppendRequest],
+    ) -> Result<Vec<Result<u64, AuditError>>, AuditError> {
         let mut frontier = self.frontier.clone();
         let mut ops: Vec<(Key, Vec<u8>)> = Vec::new();
         let mut indices = Vec::with_capacity(batch.len());
         // Spooled events the log already holds (or that appear twice in this batch) keep
-        // their first index instead of being appended again.
-        let mut batch_ids: HashMap<&str, u64> = HashMap::new();
+        // their first index instead of being appended again — when they are the same event.
+        // Another content under a recorded id is never dropped: it is recorded too, marked
+        // with the entry it conflicts with, so that sending an id first cannot hide an event.
+        let mut batch_ids: HashMap<String, (u64, Hash)> = HashMap::new();
+        let mut batch_versions: HashMap<Key, u64> = HashMap::new();
         for req in batch {
+            let content = rfc9162::leaf_hash(&req.bytes);
+            let mut bytes = std::borrow::Cow::Borrowed(&req.bytes);
+            let mut id_key = None;
             if req.dedupe {
-                if let Some(&index) = batch_ids.get(req.id.as_str()) {
-                    indices.push(index);
-                    continue;
-                }
-                if let Some(v) = self.store.get(&self.layout.event_id(&req.id)?).await? {
-                    let index = v
-                        .value
-                        .get(..8)
-                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                        .map(u64::from_le_bytes)
-                        .ok_or_else(|| {
-                            AuditError::Corrupt(format!("event id record {} is malformed", req.id))
-                        })?;
-                    indices.push(index);
-                    continue;
+                let first = match batch_ids.get(&req.id) {
+                    Some(&f) => Some(f),
+                    None => self.recorded(&req.id).await?,
+                };
+                match first {
+                    Some((index, h)) if h == content => {
+                        indices.push(Ok(index));
+                        continue;
+                    }
+                    Some((first_index, _)) => {
+                        let version = self.layout.event_id_version(&req.id, &content)?;
+                        if let Some(&index) = batch_versions.get(&version) {
+                            indices.push(Ok(index));
+                            continue;
+                        }
+                        if let Some(v) = self.store.get(&version).await? {
+                            let index = v
+                                .value
+                                .get(..8)
+                                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                                .map(u64::from_le_bytes);
+                            if let Some(index) = index {
+                                indices.push(Ok(index));
+                                continue;
+                            }
+                        }
+                        let marked = match Event::decode(&req.bytes) {
+                            Ok(e) => e
+                                .with_detail(
+                                    "id_conflict",
+                                    format!(
+                                        "entry {first_index} was recorded with this id and other content"
+                                    ),
+                                )
+                                .encode(),
+                            Err(e) => Err(e),
+                        };
+                        match marked {
+                            Ok(m) => bytes = std::borrow::Cow::Owned(m),
+                            Err(e) => {
+                                indices.push(Err(AuditError::Event(e)));
+                                continue;
+                            }
+                        }
+                        id_key = Some((version, None));
+                    }
+                    None => id_key = Some((self.layout.event_id(&req.id)?, Some(content))),
                 }
             }
             let index = frontier.size();
-            let completed = frontier.push(rfc9162::leaf_hash(&req.bytes));
-            ops.push((
-                self.layout.entry(index)?,
-                encode_record(&completed, &req.bytes),
-            ));
-            if req.dedupe {
-                ops.push((self.layout.event_id(&req.id)?, index.to_le_bytes().to_vec()));
-                batch_ids.insert(&req.id, index);
+            let completed = frontier.push(rfc9162::leaf_hash(&bytes));
+            ops.push((self.layout.entry(index)?, encode_record(&completed, &bytes)));
+            match id_key {
+                Some((key, Some(h))) => {
+                    let mut v = index.to_le_bytes().to_vec();
+                    v.extend_from_slice(&h);
+                    ops.push((key, v));
+                    batch_ids.insert(req.id.clone(), (index, h));
+                }
+                Some((key, None)) => {
+                    ops.push((key.clone(), index.to_le_bytes().to_vec()));
+                    batch_versions.insert(key, index);
+                }
+                None => {}
             }
-            indices.push(index);
+            indices.push(Ok(index));
         }
         if frontier.size() == self.frontier.size() {
             return Ok(indices);

@@ -262,6 +262,47 @@ async fn the_spool_forwards_everything_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_event_under_a_recorded_id_is_recorded_and_marked_never_dropped() {
+    let f = fixture();
+    let log = AuditLog::open(
+        Arc::clone(&f.store),
+        Signer::parse(&f.key).unwrap(),
+        options(1000),
+    )
+    .await
+    .unwrap();
+    // Someone who learned an event's id sends other content under it first: the real event
+    // must still be recorded, not taken for a copy.
+    let real = event(1);
+    let mut forged = event(2);
+    forged.id = real.id.clone();
+    let f_index = log.append_once(&forged).await.unwrap();
+    let r_index = log.append_once(&real).await.unwrap();
+    assert_ne!(f_index, r_index);
+    let recorded = Event::decode(&log.entry(r_index).await.unwrap()).unwrap();
+    assert_eq!(recorded.target, real.target);
+    assert_eq!(
+        recorded.details.get("id_conflict").map(String::as_str),
+        Some(format!("entry {f_index} was recorded with this id and other content").as_str())
+    );
+    // Retries of either are still recorded once.
+    assert_eq!(log.append_once(&real).await.unwrap(), r_index);
+    assert_eq!(log.append_once(&forged).await.unwrap(), f_index);
+    assert_eq!(log.head().size, 2);
+    // Within one batch as well.
+    let a = event(3);
+    let mut b = event(4);
+    b.id = a.id.clone();
+    let (x, y) = tokio::join!(log.append_once(&a), log.append_once(&b));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_ne!(x, y);
+    assert_eq!(log.head().size, 4);
+    let (x2, y2) = tokio::join!(log.append_once(&a), log.append_once(&b));
+    assert_eq!((x2.unwrap(), y2.unwrap()), (x, y));
+    assert_eq!(log.head().size, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_events_are_refused_before_the_log() {
     let f = fixture();
     let log = AuditLog::open(
