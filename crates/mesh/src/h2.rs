@@ -59,7 +59,7 @@ fn refusal(r: &Refusal, grpc: bool) -> Response<Body> {
             .header("grpc-status", code)
             .header(
                 "grpc-message",
-                percent_encode_message(&format!("ringfence: {}", r.reason)),
+                percent_encode_message(&format!("ringfence: {}", r.caller_message())),
             );
         return b
             .body(Full::new(Bytes::new()).map_err(|n| match n {}).boxed())
@@ -67,7 +67,7 @@ fn refusal(r: &Refusal, grpc: bool) -> Response<Body> {
     }
     b.header("content-type", "text/plain; charset=utf-8")
         .body(
-            Full::new(Bytes::from(format!("ringfence: {}\n", r.reason)))
+            Full::new(Bytes::from(format!("ringfence: {}\n", r.caller_message())))
                 .map_err(|n| match n {})
                 .boxed(),
         )
@@ -376,10 +376,7 @@ impl Mesh {
             user: user.as_ref(),
         });
         if !decision.allowed {
-            let r = Refusal {
-                status: 403,
-                reason: format!("denied: {}", decision.reason),
-            };
+            let r = Refusal::denied(&decision.reason);
             self.refused(peer, &action_text, &r, Outcome::Deny);
             return refusal(&r, grpc);
         }
@@ -407,9 +404,13 @@ impl Mesh {
         let sender = upstream
             .sender(
                 || async move {
-                    self.connect_local(forward).await.map_err(|_| Refusal {
-                        status: 502,
-                        reason: format!("the service's local port {forward} does not answer"),
+                    self.connect_local(forward).await.map_err(|e| {
+                        // The port is for the operator, not the caller.
+                        tracing::warn!(port = %forward, error = %e, "the service's local port does not answer");
+                        Refusal {
+                            status: 502,
+                            reason: "the service does not answer on its local port".into(),
+                        }
                     })
                 },
                 self.limits().idle / 2,

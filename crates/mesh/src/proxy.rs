@@ -555,10 +555,12 @@ impl Mesh {
             if up.is_none() {
                 match self.connect_local(forward).await {
                     Ok(s) => up = Some(Conn::new(s)),
-                    Err(_) => {
+                    Err(e) => {
+                        // The port is for the operator, not the caller.
+                        tracing::warn!(port = %forward, error = %e, "the service's local port does not answer");
                         let r = Refusal {
                             status: 502,
-                            reason: format!("the service's local port {forward} does not answer"),
+                            reason: "the service does not answer on its local port".into(),
                         };
                         self.refuse(&mut down, peer, &admitted.action, &r, Outcome::Refused)
                             .await;
@@ -642,7 +644,7 @@ impl Mesh {
     ) {
         let _ = down
             .io
-            .write_all(&refusal_response(r.status, &r.reason))
+            .write_all(&refusal_response(r.status, r.caller_message()))
             .await;
         let _ = down.io.flush().await;
         let _ = down.io.shutdown().await;
@@ -714,10 +716,7 @@ impl Mesh {
             return Err((
                 Outcome::Deny,
                 action_text,
-                Refusal {
-                    status: 403,
-                    reason: format!("denied: {}", decision.reason),
-                },
+                Refusal::denied(&decision.reason),
             ));
         }
         let mut extra: Vec<(&'static str, Vec<u8>)> =
@@ -969,7 +968,7 @@ impl Mesh {
     async fn answer_local(&self, down: &mut Conn<TcpStream>, service: &str, r: &Refusal) {
         let _ = down
             .io
-            .write_all(&refusal_response(r.status, &r.reason))
+            .write_all(&refusal_response(r.status, r.caller_message()))
             .await;
         let _ = down.io.shutdown().await;
         self.telemetry

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use ringfence_audit::Decision as AuditDecision;
 use ringfence_core::SpiffeId;
-use ringfence_policy::{AccessRequest, Action, ServiceName};
+use ringfence_policy::{AccessRequest, Action, Refusal, ServiceName};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -143,14 +143,23 @@ impl Mesh {
             user: None,
         });
         if !decision.allowed {
-            let reason = format!("denied: {}", decision.reason);
+            let r = Refusal::denied(&decision.reason);
             self.telemetry()
                 .count(peer.as_str(), &callee, Outcome::Deny, 403);
             self.telemetry().audit(
-                self.event(&peer, "mesh.connect", target, AuditDecision::Deny, &reason)
-                    .with_detail("status", "403"),
+                self.event(
+                    &peer,
+                    "mesh.connect",
+                    target,
+                    AuditDecision::Deny,
+                    &r.reason,
+                )
+                .with_detail("status", "403"),
             );
-            let _ = io.write_all(format!("{reason}\n").as_bytes()).await;
+            // The peer learns that the policy denied it; which policy is the audit log's.
+            let _ = io
+                .write_all(format!("denied: {}\n", r.caller_message()).as_bytes())
+                .await;
             let _ = io.shutdown().await;
             return;
         }

@@ -14,21 +14,48 @@ use std::fmt;
 /// Largest request target accepted.
 pub const MAX_TARGET_LEN: usize = 8 * 1024;
 
-/// A request refused before any policy ran: the status to answer and what to say.
+/// A refused request: the status to answer and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{status} {reason}")]
 pub struct Refusal {
     /// HTTP status code.
     pub status: u16,
-    /// The message the client sees (and the audit log keeps).
+    /// Why, in full: what the audit log keeps; [`Refusal::caller_message`] is what the
+    /// client sees.
     pub reason: String,
 }
+
+/// How a policy denial's reason starts.
+const DENIED: &str = "denied: ";
+
+/// What a caller the service-access policy refused is told.
+pub const DENIED_FOR_CALLER: &str = "denied by the service's access policy";
 
 impl Refusal {
     fn bad(reason: impl Into<String>) -> Self {
         Self {
             status: 400,
             reason: reason.into(),
+        }
+    }
+
+    /// A denial by the service-access policy (403); `detail` says which policy decided or
+    /// that none permits the call.
+    pub fn denied(detail: &str) -> Self {
+        Self {
+            status: 403,
+            reason: format!("{DENIED}{detail}"),
+        }
+    }
+
+    /// What the refused client is told: the reason, except for a policy denial, where which
+    /// policy decided (and so how the service's policy is built) is the service's business
+    /// and stays in the audit log.
+    pub fn caller_message(&self) -> &str {
+        if self.status == 403 && self.reason.starts_with(DENIED) {
+            DENIED_FOR_CALLER
+        } else {
+            &self.reason
         }
     }
 }
