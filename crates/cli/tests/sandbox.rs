@@ -783,3 +783,48 @@ fn a_refused_path_with_control_characters_is_reported_escaped() {
     );
     assert!(!err.contains('\u{1b}'), "{err:?}");
 }
+
+#[test]
+fn a_library_caller_with_threads_gets_a_started_init_even_when_it_asks_for_a_fork() {
+    // The test harness runs this on a thread of its own, so this process has several: forking
+    // the init here could hand the child a lock another thread holds. The sandbox must start
+    // `init_program` instead, and run as well.
+    let r = rootfs();
+    let out = r.root.parent().unwrap().join("out.log");
+    let cfg = ringfence_sandbox::Config {
+        source: ringfence_sandbox::Source::Rootfs(r.root.clone()),
+        argv: vec!["/bin/probe".into(), "hello".into()],
+        env: vec![],
+        cwd: "/".into(),
+        profile: ringfence_sandbox::seccomp::Profile::named("default").unwrap(),
+        limits: Default::default(),
+        host_uid: 100_000,
+        host_gid: 100_000,
+        hostname: "lib".into(),
+        init_program: PathBuf::from(env!("CARGO_BIN_EXE_ringfence-sandbox-init")),
+        fork_init: true,
+        work_dir: r.root.parent().unwrap().join("work"),
+        cgroup_root: ringfence_sandbox::run::default_cgroup_root().to_owned(),
+        network: ringfence_sandbox::net::Network::None,
+        volumes: vec![],
+        expect_digest: None,
+        stdout: Some(out.clone()),
+        stderr: None,
+    };
+    // With the program missing, the start fails on it: proof that it was not forked.
+    let missing = ringfence_sandbox::Config {
+        init_program: r.root.parent().unwrap().join("no-such-init"),
+        ..cfg.clone()
+    };
+    let e = ringfence_sandbox::run(&missing, std::sync::Arc::new(|_: &_| {}))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.starts_with("cannot start the sandbox: starting the sandbox init: "),
+        "{e}"
+    );
+    let outcome = ringfence_sandbox::run(&cfg, std::sync::Arc::new(|_: &_| {})).unwrap();
+    assert_eq!(outcome.code(), 0, "{outcome:?}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello from pid 1\n");
+}
