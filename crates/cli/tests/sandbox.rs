@@ -821,7 +821,8 @@ fn a_library_caller_with_threads_gets_a_started_init_even_when_it_asks_for_a_for
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(
-        e.starts_with("cannot start the sandbox: starting the sandbox init: "),
+        e.starts_with("cannot start the sandbox: starting the sandbox init /")
+            && e.ends_with("/no-such-init: No such file or directory (os error 2)"),
         "{e}"
     );
     let outcome = ringfence_sandbox::run(&cfg, std::sync::Arc::new(|_: &_| {})).unwrap();

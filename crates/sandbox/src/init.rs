@@ -88,6 +88,11 @@ pub fn main() -> i32 {
 /// files to join. Fds 3 and 4 must be the configuration and status pipes.
 /// The calling process must be single-threaded.
 pub(crate) fn run(args: &[String]) -> i32 {
+    // Die with the supervisor from here on (a started init gets no parent-death signal from
+    // posix_spawn). If the supervisor is already gone, the configuration pipe ends empty and
+    // the init stops there.
+    // SAFETY: plain integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     // SAFETY: the supervisor hands over fds 3 and 4 (dup2'd before exec or in the forked
     // child) and nothing else in this process uses them; each is owned by exactly one File
     // from here on.

@@ -2,9 +2,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -301,68 +299,47 @@ impl std::fmt::Debug for Running {
     }
 }
 
-/// The sandbox's init: a started program or a fork of this process.
-enum InitProcess {
-    Started(Child),
-    Forked { pid: libc::pid_t, reaped: bool },
+/// The sandbox's init (spawned or forked): a child of this process, reaped once.
+struct InitProcess {
+    pid: libc::pid_t,
+    reaped: bool,
 }
 
 impl InitProcess {
     fn id(&self) -> u32 {
-        match self {
-            Self::Started(c) => c.id(),
-            Self::Forked { pid, .. } => pid.unsigned_abs(),
-        }
+        self.pid.unsigned_abs()
     }
 
     fn kill(&mut self) {
-        match self {
-            Self::Started(c) => {
-                let _ = c.kill();
-            }
+        if !self.reaped {
             // Not yet reaped, so the pid cannot have been reused.
             // SAFETY: plain integer arguments.
-            Self::Forked { pid, reaped: false } => unsafe {
-                libc::kill(*pid, libc::SIGKILL);
-            },
-            Self::Forked { reaped: true, .. } => {}
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
         }
     }
 
     fn wait(&mut self) -> std::io::Result<Exit> {
-        use std::os::unix::process::ExitStatusExt;
-        let (code, signal) = match self {
-            Self::Started(c) => {
-                let status = c.wait()?;
-                (status.code(), status.signal())
+        if self.reaped {
+            return Err(std::io::Error::other("the init was already reaped"));
+        }
+        let mut wstatus = 0;
+        loop {
+            // SAFETY: `wstatus` is a writable int; `pid` is our unreaped child.
+            if unsafe { libc::waitpid(self.pid, &mut wstatus, 0) } == self.pid {
+                break;
             }
-            Self::Forked { pid, reaped } => {
-                if *reaped {
-                    return Err(std::io::Error::other("the init was already reaped"));
-                }
-                let mut wstatus = 0;
-                loop {
-                    // SAFETY: `wstatus` is a writable int; `pid` is our unreaped child.
-                    if unsafe { libc::waitpid(*pid, &mut wstatus, 0) } == *pid {
-                        break;
-                    }
-                    let e = std::io::Error::last_os_error();
-                    if e.raw_os_error() != Some(libc::EINTR) {
-                        return Err(e);
-                    }
-                }
-                *reaped = true;
-                if libc::WIFEXITED(wstatus) {
-                    (Some(libc::WEXITSTATUS(wstatus)), None)
-                } else {
-                    (None, Some(libc::WTERMSIG(wstatus)))
-                }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
             }
-        };
-        Ok(match (code, signal) {
-            (Some(c), _) => Exit::Code(c),
-            (None, Some(s)) => Exit::Signal(s),
-            _ => Exit::Code(125),
+        }
+        self.reaped = true;
+        Ok(if libc::WIFEXITED(wstatus) {
+            Exit::Code(libc::WEXITSTATUS(wstatus))
+        } else if libc::WIFSIGNALED(wstatus) {
+            Exit::Signal(libc::WTERMSIG(wstatus))
+        } else {
+            Exit::Code(125)
         })
     }
 }
@@ -539,16 +516,18 @@ pub fn start(
         let fd = |f: &Option<std::fs::File>| f.as_ref().map(AsRawFd::as_raw_fd);
         let pid = fork_init(&init_args, (cfg_r_fd, st_w_fd), (fd(&stdout), fd(&stderr)))
             .map_err(start_err("starting the sandbox init"))?;
-        InitProcess::Forked { pid, reaped: false }
+        InitProcess { pid, reaped: false }
     } else {
-        InitProcess::Started(spawn_init(
+        let pid = spawn_init(
             cfg,
             &init_args,
             (cfg_r_fd, st_w_fd),
-            stdout,
-            stderr,
-        )?)
+            stdout.as_ref(),
+            stderr.as_ref(),
+        )?;
+        InitProcess { pid, reaped: false }
     };
+    drop((stdout, stderr));
     drop(cfg_r);
     drop(st_w);
     let pid = child.id();
@@ -573,44 +552,113 @@ pub fn start(
     Ok(running)
 }
 
-/// Starts `init_program` as the init (fork and exec).
+/// Starts `init_program` as the init with `posix_spawn`, which glibc makes a `vfork`-style
+/// clone: no copy of this (possibly large, multi-threaded) process's page tables, and nothing
+/// of this process runs in the child. The pipes go to fds 3 and 4 and the log files to 1 and
+/// 2 through file actions; every signal starts at its default action, none blocked; the
+/// environment is empty. (The init sets its parent-death signal itself, first thing; if this
+/// process dies before, the configuration pipe's end of file stops the init.)
 fn spawn_init(
     cfg: &Config,
     args: &[String],
     (cfg_r_fd, st_w_fd): (i32, i32),
-    stdout: Option<std::fs::File>,
-    stderr: Option<std::fs::File>,
-) -> Result<Child, SandboxError> {
-    let mut cmd = Command::new(&cfg.init_program);
-    cmd.arg(INIT_ARG).args(args).env_clear();
-    if let Some(f) = stdout {
-        cmd.stdout(f);
+    stdout: Option<&std::fs::File>,
+    stderr: Option<&std::fs::File>,
+) -> Result<libc::pid_t, SandboxError> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let fail = |what: &str, rc: i32| {
+        let e = std::io::Error::from_raw_os_error(rc);
+        let p = cfg.init_program.display();
+        SandboxError::Start(if what.is_empty() {
+            format!("starting the sandbox init {p}: {e}")
+        } else {
+            format!("starting the sandbox init {p} ({what}): {e}")
+        })
+    };
+    let nul = |_| SandboxError::Start("starting the sandbox init: an argument contains NUL".into());
+    let program = CString::new(cfg.init_program.as_os_str().as_bytes()).map_err(nul)?;
+    let mut argv = vec![program.clone(), CString::new(INIT_ARG).map_err(nul)?];
+    for a in args {
+        argv.push(CString::new(a.as_str()).map_err(nul)?);
     }
-    if let Some(f) = stderr {
-        cmd.stderr(f);
-    }
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // syscalls (fcntl, dup2, prctl) on integers captured by value.
+    let mut argv_ptrs: Vec<*mut libc::c_char> =
+        argv.iter().map(|c| c.as_ptr().cast_mut()).collect();
+    argv_ptrs.push(std::ptr::null_mut());
+    let envp: [*mut libc::c_char; 1] = [std::ptr::null_mut()];
+    // Out of the way first (one could sit on another's target number), then into place. The
+    // temporary numbers are the lowest above the targets that no source uses (in the child a
+    // dup2 onto an fd of this process only closes the child's copy), closed before the exec.
+    let logs = [
+        stdout.map(AsRawFd::as_raw_fd),
+        stderr.map(AsRawFd::as_raw_fd),
+    ];
+    let moves: Vec<(i32, i32)> = [
+        Some((cfg_r_fd, CONFIG_FD)),
+        Some((st_w_fd, STATUS_FD)),
+        logs[0].map(|fd| (fd, 1)),
+        logs[1].map(|fd| (fd, 2)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let temps: Vec<i32> = (STATUS_FD + 1..)
+        .filter(|n| !moves.iter().any(|(from, _)| from == n))
+        .take(moves.len())
+        .collect();
+    // SAFETY: `actions` and `attr` are initialised by their init functions before use and
+    // destroyed once; every pointer passed (program, argv, envp) is NUL-terminated, and they
+    // and the CStrings they point into outlive the posix_spawn call.
     unsafe {
-        cmd.pre_exec(move || {
-            // Move both out of the way first: dup2 onto itself would keep close-on-exec, and
-            // one could sit on the other's target number.
-            let a = libc::fcntl(cfg_r_fd, libc::F_DUPFD_CLOEXEC, 10);
-            let b = libc::fcntl(st_w_fd, libc::F_DUPFD_CLOEXEC, 10);
-            if a < 0 || b < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::dup2(a, CONFIG_FD) < 0 || libc::dup2(b, STATUS_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        let rc = libc::posix_spawn_file_actions_init(&mut actions);
+        if rc != 0 {
+            return Err(fail("file actions", rc));
+        }
+        let rc = libc::posix_spawnattr_init(&mut attr);
+        if rc != 0 {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(fail("attributes", rc));
+        }
+        let mut rc = 0;
+        for ((from, _), temp) in moves.iter().zip(&temps) {
+            rc |= libc::posix_spawn_file_actions_adddup2(&mut actions, *from, *temp);
+        }
+        for ((_, to), temp) in moves.iter().zip(&temps) {
+            rc |= libc::posix_spawn_file_actions_adddup2(&mut actions, *temp, *to);
+            rc |= libc::posix_spawn_file_actions_addclose(&mut actions, *temp);
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigfillset(&mut all);
+        rc |= libc::posix_spawnattr_setsigmask(&mut attr, &none);
+        rc |= libc::posix_spawnattr_setsigdefault(&mut attr, &all);
+        rc |= libc::posix_spawnattr_setflags(
+            &mut attr,
+            (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+        );
+        let mut pid: libc::pid_t = 0;
+        if rc == 0 {
+            rc = libc::posix_spawn(
+                &mut pid,
+                program.as_ptr(),
+                &actions,
+                &attr,
+                argv_ptrs.as_ptr(),
+                envp.as_ptr(),
+            );
+        } else {
+            rc = libc::EINVAL;
+        }
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        if rc != 0 {
+            return Err(fail("", rc));
+        }
+        Ok(pid)
     }
-    cmd.spawn()
-        .map_err(|e| SandboxError::Start(format!("starting the sandbox init: {e}")))
 }
 
 /// The rest of the start, once the init runs: uid/gid maps, network, cgroup, configuration,
