@@ -339,13 +339,16 @@ fn task(
 /// Every signal back to its default action, none blocked: ignored signals and the mask
 /// survive exec, and the Rust runtime that started this process ignores SIGPIPE (a task
 /// would then never die of a closed pipe).
-fn reset_signals() {
+pub(crate) fn reset_signals() {
     // The kernel's struct sigaction (glibc's `signal` refuses the two real-time signals it
-    // reserves, which a caller may still have ignored).
+    // reserves, which a caller may still have ignored). This layout (handler, flags, restorer,
+    // 8-byte mask) is x86-64's, the one architecture the sandbox supports.
+    #[cfg(not(target_arch = "x86_64"))]
+    compile_error!("the sandbox's kernel sigaction layout is x86-64's");
     #[repr(C)]
     struct KernelSigaction {
         handler: usize,
-        flags: u64,
+        flags: libc::c_ulong,
         restorer: usize,
         mask: u64,
     }

@@ -380,6 +380,15 @@ fn forked_init(
     (cfg_r, st_w): (i32, i32),
     (stdout, stderr): (Option<i32>, Option<i32>),
 ) -> i32 {
+    // The child is this process's copy, memory included, until the init's task execs; it
+    // stays unreadable to the sandbox's uid because changing uid away from root makes it
+    // non-dumpable (see `init::run`).
+    // What an exec would have given it: every signal at its default action and none blocked
+    // (a caller's handler could otherwise run here, on renumbered descriptors), SIGPIPE
+    // ignored as the Rust runtime of a started init has it.
+    crate::init::reset_signals();
+    // SAFETY: plain integer arguments; SIG_IGN installs no handler.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     // SAFETY: plain integer arguments on descriptors this child inherited; nothing in the
     // child uses the numbers being replaced or closed.
     unsafe {
@@ -403,9 +412,17 @@ fn forked_init(
             }
         }
         // Every other descriptor of the supervisor goes (the config pipe's write end among
-        // them: the init reads the configuration to its end).
+        // them: the init reads the configuration to its end). A close-on-exec descriptor on
+        // 0, 1 or 2 (a caller that had closed its standard streams gets its pipes there) goes
+        // too, as an exec would close it.
         if libc::syscall(libc::SYS_close_range, STATUS_FD + 1, u32::MAX, 0) != 0 {
             return 125;
+        }
+        for (fd, replaced) in [(0, false), (1, o.is_some()), (2, e.is_some())] {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if !replaced && flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
+                libc::close(fd);
+            }
         }
     }
     crate::init::run(args)
