@@ -1,7 +1,8 @@
 //! `ringfence-sandbox-init`: the sandbox's init, as a small program of its own so that starting
-//! a sandbox does not load the whole `ringfence` binary a second time (it costs milliseconds).
-//! `ringfence sandbox run` looks for it beside itself and falls back to `ringfence
-//! __sandbox-init` when it is not there. It is not meant to be run by hand.
+//! a sandbox does not load a whole `ringfence` binary a second time (it costs milliseconds).
+//! The agent, which is multi-threaded and so cannot fork its init, starts it; `ringfence
+//! sandbox run` forks its init instead and would start this one (or fall back to `ringfence
+//! __sandbox-init`) only if it had threads. It is not meant to be run by hand.
 
 use std::process::ExitCode;
 
