@@ -164,6 +164,14 @@ pub(crate) fn encode_record(nodes: &[Hash], event: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The entry index an event id record starts with (8 bytes, little-endian).
+fn stored_index(value: &[u8]) -> Option<u64> {
+    value
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+}
+
 /// Splits a stored record; `None` when it is malformed.
 pub(crate) fn decode_record(bytes: &[u8]) -> Option<(Vec<Hash>, &[u8])> {
     let (&n, rest) = bytes.split_first()?;
@@ -721,12 +729,7 @@ impl Sequencer {
             return Ok(None);
         };
         let corrupt = || AuditError::Corrupt(format!("event id record {id} is malformed"));
-        let index = v
-            .value
-            .get(..8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_le_bytes)
-            .ok_or_else(corrupt)?;
+        let index = stored_index(&v.value).ok_or_else(corrupt)?;
         if let Some(h) = v.value.get(8..40).and_then(|b| Hash::try_from(b).ok()) {
             return Ok(Some((index, h)));
         }
@@ -773,16 +776,14 @@ impl Sequencer {
                             indices.push(Ok(index));
                             continue;
                         }
-                        if let Some(v) = self.store.get(&version).await? {
-                            let index = v
-                                .value
-                                .get(..8)
-                                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                                .map(u64::from_le_bytes);
-                            if let Some(index) = index {
-                                indices.push(Ok(index));
-                                continue;
-                            }
+                        if let Some(index) = self
+                            .store
+                            .get(&version)
+                            .await?
+                            .and_then(|v| stored_index(&v.value))
+                        {
+                            indices.push(Ok(index));
+                            continue;
                         }
                         let marked = match Event::decode(&req.bytes) {
                             Ok(e) => e

@@ -302,7 +302,7 @@ impl Mesh {
             user: None,
         });
         if !decision.allowed {
-            let reason = format!("denied: {}", decision.reason);
+            let reason = Refusal::denied(&decision.reason).reason;
             tracing::warn!(destination = %callee, %reason, "egress refused");
             self.telemetry()
                 .count(me.as_str(), &callee, Outcome::Deny, 403);

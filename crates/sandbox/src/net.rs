@@ -267,14 +267,7 @@ const PIDFD_GET_NET_NAMESPACE: libc::c_ulong = 0xFF04;
 pub(crate) fn late_netns_supported() -> bool {
     static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SUPPORTED.get_or_init(|| {
-        // SAFETY: getpid has no preconditions; pidfd_open takes plain integers.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
-        if pidfd < 0 {
-            return false;
-        }
-        // SAFETY: a fresh descriptor owned from here on.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-        netns_of(&pidfd).is_ok()
+        crate::sys::pidfd_open(std::process::id()).is_ok_and(|pidfd| netns_of(&pidfd).is_ok())
     })
 }
 
@@ -307,6 +300,28 @@ pub(crate) fn socket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Room for one control message carrying one descriptor (`CMSG_SPACE(4)` is 24 bytes),
+/// 8-aligned as a `cmsghdr` must be.
+type FdSpace = [u64; 4];
+
+/// `CMSG_LEN` of one descriptor.
+fn fd_cmsg_len() -> usize {
+    // SAFETY: CMSG_LEN is a pure size computation.
+    unsafe { libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize }
+}
+
+/// A message of the one byte at `iov` with `space` as its control buffer.
+fn fd_msghdr(iov: &mut libc::iovec, space: &mut FdSpace) -> libc::msghdr {
+    // SAFETY: all-zero (null pointers, zero lengths) is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    msg
+}
+
 /// In the init, once the task is forked: makes a new network namespace (owned by the
 /// sandbox's user namespace, which the init is root of) and sends it to the task over `sock`.
 pub(crate) fn send_new_netns(sock: &OwnedFd, self_pidfd: &OwnedFd) -> std::io::Result<()> {
@@ -321,23 +336,16 @@ pub(crate) fn send_new_netns(sock: &OwnedFd, self_pidfd: &OwnedFd) -> std::io::R
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    // Room for one control message carrying one int.
-    let mut space = [0u64; 4];
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let cmsg_space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    // SAFETY: `msg` is zeroed (all null/0 is a valid msghdr) and then points at `iov` and
-    // `space`, which outlive the sendmsg; `space` (32 bytes, 8-aligned) holds CMSG_SPACE(4)
-    // (24 bytes), so the header and the int written through CMSG_FIRSTHDR/CMSG_DATA stay in it.
+    let mut space: FdSpace = [0; 4];
+    let msg = fd_msghdr(&mut iov, &mut space);
+    // SAFETY: `msg` points at `iov` and `space`, which outlive the sendmsg; `space` (32
+    // bytes) holds CMSG_SPACE(4) (24), so the header and the int written through
+    // CMSG_FIRSTHDR/CMSG_DATA stay in it.
     let sent = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = space.as_mut_ptr().cast();
-        msg.msg_controllen = cmsg_space;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+        (*cmsg).cmsg_len = fd_cmsg_len();
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
         libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
     };
@@ -356,20 +364,11 @@ pub(crate) fn join_netns_from(sock: i32) -> std::io::Result<()> {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    let mut space = [0u64; 4];
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let cmsg_space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    // SAFETY: as in `send_new_netns`: `msg` points at `iov` and `space`, both live for the
-    // call; the kernel writes at most `msg_controllen` bytes of control data into `space`.
-    let (n, msg) = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = space.as_mut_ptr().cast();
-        msg.msg_controllen = cmsg_space;
-        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
-        (n, msg)
-    };
+    let mut space: FdSpace = [0; 4];
+    let mut msg = fd_msghdr(&mut iov, &mut space);
+    // SAFETY: `msg` points at `iov` and `space`, both live for the call; the kernel writes at
+    // most `msg_controllen` bytes of control data into `space`.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {
         return Err(io("receiving the network namespace"));
     }
@@ -382,7 +381,7 @@ pub(crate) fn join_netns_from(sock: i32) -> std::io::Result<()> {
             || cmsg.is_null()
             || (*cmsg).cmsg_level != libc::SOL_SOCKET
             || (*cmsg).cmsg_type != libc::SCM_RIGHTS
-            || (*cmsg).cmsg_len != libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize
+            || (*cmsg).cmsg_len != fd_cmsg_len()
         {
             None
         } else {

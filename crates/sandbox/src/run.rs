@@ -245,12 +245,7 @@ pub struct Killer(Arc<Mutex<Vec<OwnedFd>>>);
 
 impl Killer {
     fn add(&self, pid: u32) {
-        // SAFETY: plain integer arguments; returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd >= 0 {
-            use std::os::fd::FromRawFd;
-            // SAFETY: a fresh descriptor owned from here on.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        if let Ok(fd) = crate::sys::pidfd_open(pid) {
             self.0.lock().unwrap_or_else(|p| p.into_inner()).push(fd);
         }
     }

@@ -71,13 +71,7 @@ impl std::fmt::Display for Event {
 
 /// Takes the listener from the task (the supervisor is root in the initial namespaces).
 pub fn fetch_listener(pid: u32, fd: RawFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: plain integer arguments; returns a new fd or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `pidfd` is a fresh descriptor this function owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let pidfd = crate::sys::pidfd_open(pid)?;
     // SAFETY: plain integer arguments; returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
     if fd < 0 {
@@ -195,13 +189,7 @@ impl Pinned {
             .lines()
             .find_map(|l| l.strip_prefix("Tgid:")?.trim().parse().ok())
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH))?;
-        // SAFETY: plain integer arguments; returns a new fd or -1.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid, 0) };
-        if pidfd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor owned from here on.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+        let pidfd = crate::sys::pidfd_open(tgid)?;
         Ok(Pinned {
             dir,
             mem,

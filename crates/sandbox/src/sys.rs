@@ -90,6 +90,18 @@ pub trait Syscall {
     fn join_netns(&self, sock: RawFd) -> Result<(), SysError>;
 }
 
+/// A pidfd for `pid` (close-on-exec): signals and descriptor transfers through it can never
+/// reach a process that reused the number.
+pub(crate) fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: plain integer arguments; returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned from here on.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as RawFd) })
+}
+
 fn errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
