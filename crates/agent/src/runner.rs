@@ -370,6 +370,7 @@ impl Runner {
             work_dir: self.cfg.root.join("images"),
             cgroup_root: ringfence_sandbox::run::default_cgroup_root().to_owned(),
             network: ringfence_sandbox::net::Network::None,
+            egress: None,
             volumes: std::iter::once(Volume {
                 host: work,
                 inside: "/work".into(),

@@ -112,6 +112,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             work_dir: ringfence_sandbox::run::default_work_dir(),
             cgroup_root: ringfence_sandbox::run::default_cgroup_root().to_owned(),
             network: ringfence_sandbox::net::Network::None,
+            egress: None,
             volumes: vec![],
             expect_digest: None,
             stdout: None,

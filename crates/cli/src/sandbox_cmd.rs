@@ -76,6 +76,12 @@ pub struct RunArgs {
     /// first other address)
     #[arg(long, default_value = "none", value_name = "none|veth:ADDR/PREFIX")]
     net: String,
+    /// Allow TCP connections to `ADDR[/PREFIX]:PORT` only (repeatable; `*` for any port,
+    /// IPv6 in brackets, `none` for no egress at all). With any, every connect is checked by
+    /// the supervisor, which makes the connection itself; IP sockets are TCP only; loopback
+    /// is always allowed; a refusal fails with EACCES and is reported
+    #[arg(long = "allow-connect", value_name = "ADDR[/PREFIX]:PORT")]
+    allow_connect: Vec<String>,
     /// A host directory bound inside, `HOST:INSIDE[:ro]` (repeatable); never executable,
     /// setuid or device-bearing inside
     #[arg(long = "volume", value_name = "HOST:INSIDE[:ro]")]
@@ -141,6 +147,13 @@ fn run_sandbox(args: RunArgs, verbose: bool) -> anyhow::Result<u8> {
         }
     }
     let network = ringfence_sandbox::net::parse(&args.net)?;
+    let egress = if args.allow_connect.is_empty() {
+        None
+    } else {
+        Some(ringfence_sandbox::egress::Egress::parse(
+            &args.allow_connect,
+        )?)
+    };
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     for why in ringfence_sandbox::run::uid_conflicts(
         args.host_uid,
@@ -173,6 +186,7 @@ fn run_sandbox(args: RunArgs, verbose: bool) -> anyhow::Result<u8> {
         work_dir: args.work_dir.unwrap_or_else(default_work_dir),
         cgroup_root: default_cgroup_root().to_owned(),
         network,
+        egress,
         volumes: args
             .volumes
             .iter()
@@ -183,9 +197,9 @@ fn run_sandbox(args: RunArgs, verbose: bool) -> anyhow::Result<u8> {
         stderr: None,
     };
     let report: Arc<dyn Fn(&Event) + Send + Sync> = Arc::new(move |e: &Event| match e {
-        Event::ExecRefused { .. } => eprintln!("ringfence sandbox: {e}"),
-        Event::ExecAllowed { .. } if verbose => eprintln!("ringfence sandbox: {e}"),
-        Event::ExecAllowed { .. } => {}
+        e if e.is_refusal() => eprintln!("ringfence sandbox: {e}"),
+        _ if verbose => eprintln!("ringfence sandbox: {e}"),
+        _ => {}
     });
     let outcome = ringfence_sandbox::run(&cfg, report);
     let outcome = match outcome {

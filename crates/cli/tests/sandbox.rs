@@ -12,6 +12,9 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 struct Rootfs {
     _dir: tempfile::TempDir,
@@ -620,6 +623,210 @@ fn a_veth_sandbox_reaches_the_host_end_of_its_link() {
     );
 }
 
+/// A /30 of its own per test process and `salt`, so parallel runs never share one; returns
+/// (the task's address, the host end's).
+fn veth_pair_addrs(salt: u32) -> (String, String) {
+    let n = (std::process::id().wrapping_mul(7).wrapping_add(salt * 4099)) % 16_000;
+    let (b, c) = (n / 64, (n % 64) * 4);
+    let third = 204 + b / 256 + 1;
+    (
+        format!("10.{third}.{}.{}", b % 256, c + 2),
+        format!("10.{third}.{}.{}", b % 256, c + 1),
+    )
+}
+
+/// Accepts on `l` until the returned flag is set, collecting what each connection sent.
+fn accept_all(
+    l: std::net::TcpListener,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<Vec<String>>,
+) {
+    use std::sync::atomic::Ordering;
+    l.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    let handle = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        // Bounded even if the test never sets the flag.
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    let mut line = String::new();
+                    let _ = std::io::Read::read_to_string(&mut s, &mut line);
+                    got.push(line);
+                }
+                Err(_) if flag.load(Ordering::Relaxed) || Instant::now() > end => return got,
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    (stop, handle)
+}
+
+/// Stops an `accept_all` once the connections already made are taken (the backlog is drained
+/// before the flag is looked at).
+fn accepted(
+    (stop, handle): (
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<Vec<String>>,
+    ),
+) -> Vec<String> {
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    handle.join().unwrap()
+}
+
+#[test]
+fn an_egress_allow_list_lets_through_only_what_it_names_and_reports_the_rest() {
+    let r = rootfs();
+    let (task, gateway) = veth_pair_addrs(1);
+    let good = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let bad = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let (gp, bp) = (
+        good.local_addr().unwrap().port().to_string(),
+        bad.local_addr().unwrap().port().to_string(),
+    );
+    let good = accept_all(good);
+    let bad = accept_all(bad);
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let net = format!("veth:{task}/30");
+    let allow = format!("{gateway}:{gp}");
+    let o = run_in(
+        &r.root,
+        &[
+            "--net",
+            &net,
+            "--allow-connect",
+            &allow,
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        &["/bin/probe", "egress", &gateway, &gp, &bp],
+    );
+    assert_all_refused(
+        &o,
+        &[
+            "allowed port: connected",
+            "refused: connect to the other port EACCES",
+            "refused: connect to the other port as ::ffff:IP EACCES",
+            "refused: non-blocking connect to the other port EACCES",
+            "refused: udp socket EPERM",
+            "refused: udp6 socket EPERM",
+            "refused: sctp socket EPERM",
+            "refused: mptcp socket EPERM",
+            "refused: raw socket EPERM",
+            "refused: sendto MSG_FASTOPEN EPERM",
+            "refused: sendmsg MSG_FASTOPEN EPERM",
+            "refused: connect with a 512-byte address EINVAL",
+            "refused: descriptor race (300 tries)",
+        ],
+    );
+    let (out, err) = text(&o);
+    // The port race: some connects went through, every one of them to the allowed port.
+    let race = out
+        .lines()
+        .find(|l| l.starts_with("port race: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let connected: usize = race
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(connected > 0, "{race}");
+    // The operator sees each refusal, with the destination and the reason.
+    let refusal = format!(
+        "ringfence sandbox: egress: refused connect to {gateway}:{bp}: not in the sandbox's egress allow-list"
+    );
+    assert!(err.contains(&refusal), "{err}");
+    let good = accepted(good);
+    let bad = accepted(bad);
+    assert!(bad.is_empty(), "the refused port was reached: {bad:?}");
+    assert_eq!(good.first().map(String::as_str), Some("good\n"), "{good:?}");
+    assert_eq!(good.len(), 1 + connected, "{good:?}");
+    // The report lists the refusals too.
+    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let refused = report["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "connect_refused")
+        .count();
+    assert!(refused >= 3, "{report}");
+}
+
+#[test]
+fn without_an_allow_list_entry_nothing_but_loopback_is_reachable() {
+    let r = rootfs();
+    let (task, gateway) = veth_pair_addrs(2);
+    let host = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = host.local_addr().unwrap().port().to_string();
+    let host = accept_all(host);
+    let net = format!("veth:{task}/30");
+    let args = ["--net", net.as_str(), "--allow-connect", "none"];
+    let o = run_in(&r.root, &args, &["/bin/probe", "connect", &gateway, &port]);
+    let (out, err) = text(&o);
+    assert_eq!(out, "connect failed: EACCES\n", "{err}");
+    assert!(
+        err.contains(&format!(
+            "egress: refused connect to {gateway}:{port}: the sandbox allows no egress (only loopback)"
+        )),
+        "{err}"
+    );
+    // The task's own loopback is not egress.
+    let o = run_in(&r.root, &args, &["/bin/probe", "loopback"]);
+    assert_eq!(text(&o).0, "loopback works\n", "{}", text(&o).1);
+    assert!(accepted(host).is_empty());
+}
+
+#[test]
+fn an_allow_list_that_cannot_be_enforced_stops_the_start() {
+    let r = rootfs();
+    let o = run_in(
+        &r.root,
+        &["--profile", "strict", "--allow-connect", "10.0.0.1:443"],
+        &["/bin/probe", "hello"],
+    );
+    let (out, err) = text(&o);
+    assert_ne!(o.status.code(), Some(0));
+    assert_eq!(out, "");
+    assert!(
+        err.contains("cannot enforce the egress allow-list: the strict profile has no sockets"),
+        "{err}"
+    );
+    for (spec, why) in [
+        (
+            "db.internal:5432",
+            "not an IP address (names are not resolved here)",
+        ),
+        (
+            "10.0.0.1/24:443",
+            "the address has bits set beyond its prefix length",
+        ),
+        (
+            "10.0.0.1",
+            "expected ADDR[/PREFIX]:PORT, with * for any port",
+        ),
+    ] {
+        let o = run_in(
+            &r.root,
+            &["--allow-connect", spec],
+            &["/bin/probe", "hello"],
+        );
+        let (out, err) = text(&o);
+        assert_ne!(o.status.code(), Some(0));
+        assert_eq!(out, "");
+        assert!(
+            err.contains(&format!("--allow-connect {spec:?}: {why}")),
+            "{err}"
+        );
+    }
+}
+
 /// bubblewrap CVE-2017-5226 class: a sandboxed program pushing input into the terminal it was
 /// started from. The task runs in a session of its own, without a controlling terminal.
 #[test]
@@ -806,6 +1013,7 @@ fn a_library_caller_with_threads_gets_a_started_init_even_when_it_asks_for_a_for
         work_dir: r.root.parent().unwrap().join("work"),
         cgroup_root: ringfence_sandbox::run::default_cgroup_root().to_owned(),
         network: ringfence_sandbox::net::Network::None,
+        egress: None,
         volumes: vec![],
         expect_digest: None,
         stdout: Some(out.clone()),

@@ -56,6 +56,9 @@ pub struct InitConfig {
     pub network: crate::net::Network,
     /// Host directories bound inside.
     pub volumes: Vec<crate::setup::Volume>,
+    /// An egress allow-list is in force: `connect` goes to the supervisor, and landlock
+    /// refuses the task's own TCP connects.
+    pub mediate_connect: bool,
 }
 
 fn report(status: &mut File, line: &str) {
@@ -393,7 +396,12 @@ fn run_task(
     status: &mut File,
     net_from: Option<i32>,
 ) -> Result<Never, String> {
-    let profile = Profile::named(&config.profile).map_err(|e| format!("error profile: {e}"))?;
+    let mut profile = Profile::named(&config.profile).map_err(|e| format!("error profile: {e}"))?;
+    if config.mediate_connect {
+        profile = profile
+            .with_egress_mediation()
+            .map_err(|e| format!("error profile: {e}"))?;
+    }
     let plan = Plan {
         rootfs: config.rootfs.clone(),
         hostname: config.hostname.clone(),
@@ -408,6 +416,7 @@ fn run_task(
         network: config.network.clone(),
         netns_from: net_from,
         landlock_writes: profile.landlock_writes,
+        deny_tcp_connect: config.mediate_connect,
         volumes: config.volumes.clone(),
     };
     // Resolve the program and build exec's arguments before the filter exists.

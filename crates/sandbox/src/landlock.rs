@@ -6,18 +6,30 @@
 //! enforce, and each checked file operation walks its path (about +20 % on a create/unlink
 //! loop here), so the default profile leaves it to the mounts. Best effort: an older kernel
 //! enforces what it knows, and the status says how much.
+//!
+//! With `deny_tcp_connect` (an egress allow-list), every TCP connect the task makes itself is
+//! refused: the supervisor, outside the domain, connects the task's sockets for it (see
+//! `egress`). That part is not best effort: the front checks the ABI first ([`abi`]).
 
 use landlock::{
-    ABI, Access, AccessFs, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, AccessNet, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
     path_beneath_rules,
 };
 use std::path::PathBuf;
 
 /// Applies the ruleset to the calling thread and its future children; returns
 /// `fully enforced`, `partly enforced` or `not enforced`.
-pub fn restrict(writable: &[PathBuf], writes: bool) -> Result<String, landlock::RulesetError> {
+pub fn restrict(
+    writable: &[PathBuf],
+    writes: bool,
+    deny_tcp_connect: bool,
+) -> Result<String, landlock::RulesetError> {
     let abi = ABI::V6;
-    let ruleset = landlock::Ruleset::default();
+    let mut ruleset = landlock::Ruleset::default();
+    if deny_tcp_connect {
+        // No rule allows any port: every TCP connect of the task is refused.
+        ruleset = ruleset.handle_access(AccessNet::ConnectTcp)?;
+    }
     let status = if writes {
         ruleset
             .handle_access(AccessFs::from_all(abi))?
@@ -40,4 +52,19 @@ pub fn restrict(writable: &[PathBuf], writes: bool) -> Result<String, landlock::
         RulesetStatus::NotEnforced => "not enforced",
     }
     .to_owned())
+}
+
+/// The kernel's landlock ABI version (0: none).
+pub fn abi() -> i32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+    // SAFETY: the documented version query: null attributes, size 0, the version flag.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    i32::try_from(v).unwrap_or(0).max(0)
 }

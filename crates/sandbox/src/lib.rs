@@ -9,6 +9,7 @@
 //! through the [`sys::Syscall`] seam so their order is tested without root.
 
 pub mod cgroup;
+pub mod egress;
 pub mod image;
 pub mod init;
 pub mod landlock;

@@ -58,6 +58,9 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// Network: loopback only, or a veth pair to the host.
     pub network: crate::net::Network,
+    /// An egress allow-list: when set, every TCP connection the task opens is checked
+    /// against it and made by the supervisor (see [`crate::egress`]); `None`: not mediated.
+    pub egress: Option<crate::egress::Egress>,
     /// Host directories bound inside (never executable).
     pub volumes: Vec<crate::setup::Volume>,
     /// For `Source::Image`: the manifest digest the image must have (checked at every start,
@@ -89,6 +92,9 @@ pub enum SandboxError {
     /// The setup inside failed.
     #[error("sandbox setup failed: {0}")]
     Setup(String),
+    /// The egress allow-list cannot be enforced.
+    #[error("cannot enforce the egress allow-list: {0}")]
+    Egress(String),
 }
 
 /// How the task ended.
@@ -279,6 +285,7 @@ pub struct Running {
     events: Arc<Mutex<(Vec<Event>, u64)>>,
     report: Arc<dyn Fn(&Event) + Send + Sync>,
     landlock: String,
+    egress: Option<Arc<crate::egress::Egress>>,
     supervisor: Option<std::thread::JoinHandle<()>>,
     /// Hands the seccomp listener to the supervisor thread, started before the init's setup
     /// so that its start-up does not delay the task's first exec.
@@ -445,6 +452,9 @@ pub fn start(
             "the task's root must map to an unprivileged host uid and gid, not 0".into(),
         ));
     }
+    if cfg.egress.is_some() {
+        check_egress(&cfg.profile)?;
+    }
     let id = format!(
         "sbx-{}-{}",
         std::process::id(),
@@ -555,6 +565,7 @@ pub fn start(
         events: Arc::new(Mutex::new((Vec::new(), 0))),
         report,
         landlock: String::new(),
+        egress: cfg.egress.clone().map(Arc::new),
         supervisor: None,
         listener_tx: None,
         host_link: None,
@@ -562,6 +573,22 @@ pub fn start(
     running.spawn_supervisor();
     finish_start(cfg, &id, &volumes, self_join.is_some(), &mut running, cfg_w)?;
     Ok(running)
+}
+
+/// An egress allow-list needs sockets in the profile and landlock's TCP rules in the kernel:
+/// without them the task could connect on its own, so the sandbox does not start.
+fn check_egress(profile: &Profile) -> Result<(), SandboxError> {
+    profile
+        .clone()
+        .with_egress_mediation()
+        .map_err(|e| SandboxError::Egress(e.to_owned()))?;
+    let abi = crate::landlock::abi();
+    if abi < 4 {
+        return Err(SandboxError::Egress(format!(
+            "an egress allow-list needs landlock's TCP rules (ABI 4, Linux 6.7); this kernel has ABI {abi}"
+        )));
+    }
+    Ok(())
 }
 
 /// Starts `init_program` as the init with `posix_spawn`, which glibc makes a `vfork`-style
@@ -731,6 +758,7 @@ fn finish_start(
                 .map_or(DEFAULT_NPROC, |p| p.saturating_add(8).max(DEFAULT_NPROC)),
             network: cfg.network.clone(),
             volumes: volumes.to_vec(),
+            mediate_connect: cfg.egress.is_some(),
         };
         let text = serde_json::to_vec(&init).map_err(|e| SandboxError::Start(e.to_string()))?;
         let mut w = std::fs::File::from(cfg_w);
@@ -782,6 +810,7 @@ impl Running {
     fn spawn_supervisor(&mut self) {
         let (tx, rx) = std::sync::mpsc::sync_channel::<OwnedFd>(1);
         let index = Arc::clone(&self.prepared.index);
+        let egress = self.egress.clone();
         let stop = Arc::clone(&self.stop);
         let events = Arc::clone(&self.events);
         let report = Arc::clone(&self.report);
@@ -795,11 +824,8 @@ impl Running {
             // apart, so a task running /bin/true in a loop cannot hide a later refusal.
             let sink = move |e: Event| {
                 let mut ev = events.lock().unwrap_or_else(|p| p.into_inner());
-                let refused = matches!(e, Event::ExecRefused { .. });
-                let kept =
-                    ev.0.iter()
-                        .filter(|k| matches!(k, Event::ExecRefused { .. }) == refused)
-                        .count();
+                let refused = e.is_refusal();
+                let kept = ev.0.iter().filter(|k| k.is_refusal() == refused).count();
                 if kept < MAX_EVENTS {
                     report(&e);
                     ev.0.push(e);
@@ -807,7 +833,7 @@ impl Running {
                     ev.1 += 1;
                 }
             };
-            serve(listener, index, stop, &sink);
+            serve(listener, index, egress, stop, Arc::new(sink));
         }));
     }
 

@@ -46,6 +46,14 @@ const OFF_ARCH: u32 = 4;
 const OFF_ARG0_LO: u32 = 16;
 const OFF_ARG0_HI: u32 = 20;
 
+/// The low word of argument `i`.
+const fn off_arg_lo(i: u8) -> u32 {
+    OFF_ARG0_LO + 8 * i as u32
+}
+
+/// `MSG_FASTOPEN`: a `sendto`/`sendmsg` that opens a TCP connection.
+pub const MSG_FASTOPEN: u32 = 0x2000_0000;
+
 /// One classic BPF instruction (`struct sock_filter`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
@@ -88,6 +96,13 @@ pub enum Action {
     AllowIfArg0In(&'static [u32]),
     /// Allow unless the first argument (a 32-bit `int`) is this (`prctl` options).
     AllowUnlessArg0Is(u32),
+    /// Ask the supervisor, which connects the socket itself (the egress allow-list).
+    Mediate,
+    /// `socket` under an egress allow-list: the domains of [`SOCKET_DOMAINS`], and for IPv4
+    /// and IPv6 only TCP (`SOCK_STREAM`, protocol 0 or `IPPROTO_TCP`).
+    SocketTcpOnly,
+    /// Allow unless argument `.0` (a 32-bit `int`) has any of the bits `.1` (send flags).
+    AllowUnlessArgBits(u8, u32),
 }
 
 /// The socket domains the default profile allows: unix, IPv4, IPv6, netlink (no vsock,
@@ -110,6 +125,11 @@ impl Action {
             Action::AllowUnlessArg0Is(_) => {
                 "allow except PR_SET_PDEATHSIG (the task dies with its sandbox)".into()
             }
+            Action::Mediate => "supervised (egress allow-list; the supervisor connects)".into(),
+            Action::SocketTcpOnly => {
+                "allow for unix and netlink, and TCP only over inet and inet6".into()
+            }
+            Action::AllowUnlessArgBits(..) => "allow without MSG_FASTOPEN".into(),
         }
     }
 }
@@ -505,6 +525,39 @@ impl Profile {
         )
     }
 
+    /// The profile with an egress allow-list in force: `connect` goes to the supervisor, IP
+    /// sockets are TCP only, and TCP Fast Open (a send that connects) is refused. Errors for
+    /// a profile without sockets.
+    pub fn with_egress_mediation(mut self) -> Result<Self, &'static str> {
+        if !self.rules.contains_key(&(libc::SYS_socket as u32)) {
+            return Err(
+                "the strict profile has no sockets; an egress allow-list needs the default profile",
+            );
+        }
+        self.rules
+            .insert(libc::SYS_connect as u32, ("connect", Action::Mediate));
+        self.rules
+            .insert(libc::SYS_socket as u32, ("socket", Action::SocketTcpOnly));
+        for (nr, name, arg) in [
+            (libc::SYS_sendto, "sendto", 3),
+            (libc::SYS_sendmsg, "sendmsg", 2),
+            (libc::SYS_sendmmsg, "sendmmsg", 3),
+        ] {
+            if self.rules.contains_key(&(nr as u32)) {
+                self.rules.insert(
+                    nr as u32,
+                    (name, Action::AllowUnlessArgBits(arg, MSG_FASTOPEN)),
+                );
+            }
+        }
+        Ok(self)
+    }
+
+    /// Whether `connect` goes to the supervisor.
+    pub fn mediates_connect(&self) -> bool {
+        self.action(libc::SYS_connect as u32) == Action::Mediate
+    }
+
     /// The action for syscall number `nr` on x86-64.
     pub fn action(&self, nr: u32) -> Action {
         self.rules
@@ -573,7 +626,50 @@ fn leaf(action: Action) -> Vec<SockFilter> {
     match action {
         Action::Allow => vec![stmt(BPF_RET_K, ret::ALLOW)],
         Action::Errno(e) => vec![stmt(BPF_RET_K, ret::ERRNO | u32::from(e))],
-        Action::Notify => vec![stmt(BPF_RET_K, ret::USER_NOTIF)],
+        Action::Notify | Action::Mediate => vec![stmt(BPF_RET_K, ret::USER_NOTIF)],
+        Action::SocketTcpOnly => {
+            let deny = ret::ERRNO | libc::EPERM as u32;
+            let inet = [libc::AF_INET as u32, libc::AF_INET6 as u32];
+            let others: Vec<u32> = SOCKET_DOMAINS
+                .iter()
+                .copied()
+                .filter(|d| !inet.contains(d))
+                .collect();
+            // [ld arg0] [inet4? inet6? -> tcp checks] [others -> allow] [deny]
+            // [tcp: ld arg1, jset 0xe -> deny, jset 0x1 -> next else deny,
+            //       ld arg2, jeq 0 -> allow, jeq IPPROTO_TCP -> allow, deny] [allow]
+            let n_others = others.len();
+            let mut out = vec![stmt(BPF_LD_W_ABS, OFF_ARG0_LO)];
+            // Distances counted from the instruction after each jump.
+            let to_tcp = |i: usize| u8::try_from(1 - i + n_others + 1).unwrap_or(u8::MAX);
+            for (i, d) in inet.iter().enumerate() {
+                out.push(jump(BPF_JMP_JEQ_K, *d, to_tcp(i), 0));
+            }
+            for (i, d) in others.iter().enumerate() {
+                // To the final allow: the rest of these, the deny, the 8 TCP instructions.
+                let skip = u8::try_from(n_others - 1 - i + 1 + 8).unwrap_or(u8::MAX);
+                out.push(jump(BPF_JMP_JEQ_K, *d, skip, 0));
+            }
+            out.push(stmt(BPF_RET_K, deny));
+            out.extend([
+                stmt(BPF_LD_W_ABS, off_arg_lo(1)),
+                jump(BPF_JMP_JSET_K, 0xe, 5, 0),
+                jump(BPF_JMP_JSET_K, 0x1, 0, 4),
+                stmt(BPF_LD_W_ABS, off_arg_lo(2)),
+                jump(BPF_JMP_JEQ_K, 0, 3, 0),
+                jump(BPF_JMP_JEQ_K, libc::IPPROTO_TCP as u32, 2, 0),
+                stmt(BPF_RET_K, deny),
+                stmt(BPF_RET_K, deny),
+                stmt(BPF_RET_K, ret::ALLOW),
+            ]);
+            out
+        }
+        Action::AllowUnlessArgBits(arg, bits) => vec![
+            stmt(BPF_LD_W_ABS, off_arg_lo(arg)),
+            jump(BPF_JMP_JSET_K, bits, 0, 1),
+            stmt(BPF_RET_K, ret::ERRNO | libc::EPERM as u32),
+            stmt(BPF_RET_K, ret::ALLOW),
+        ],
         Action::AllowIfArg0Clear(mask) => {
             let lo = (mask & 0xffff_ffff) as u32;
             let hi = (mask >> 32) as u32;
@@ -740,6 +836,79 @@ mod tests {
     }
 
     #[test]
+    fn under_an_egress_allow_list_connect_is_supervised_and_ip_is_tcp_only() {
+        let profile = Profile::default_profile().with_egress_mediation().unwrap();
+        assert!(profile.mediates_connect());
+        assert!(!Profile::default_profile().mediates_connect());
+        let prog = profile.compile();
+        let with = |nr: i64, args: [u64; 3]| {
+            let mut c = call(nr);
+            c.args[..3].copy_from_slice(&args);
+            evaluate(&prog, &c)
+        };
+        let deny = Some(ret::ERRNO | libc::EPERM as u32);
+        let allow = Some(ret::ALLOW);
+        assert_eq!(with(libc::SYS_connect, [3, 0, 16]), Some(ret::USER_NOTIF));
+        let (inet, inet6) = (libc::AF_INET as u64, libc::AF_INET6 as u64);
+        let stream = libc::SOCK_STREAM as u64;
+        let flags = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
+        for d in [inet, inet6] {
+            assert_eq!(with(libc::SYS_socket, [d, stream, 0]), allow);
+            assert_eq!(with(libc::SYS_socket, [d, stream | flags, 6]), allow);
+            for t in [
+                libc::SOCK_DGRAM,
+                libc::SOCK_RAW,
+                libc::SOCK_SEQPACKET,
+                10,
+                15,
+            ] {
+                assert_eq!(with(libc::SYS_socket, [d, t as u64, 0]), deny, "type {t}");
+            }
+            // SCTP and MPTCP speak stream too, outside landlock's TCP rules.
+            for proto in [libc::IPPROTO_SCTP as u64, 262, 17] {
+                assert_eq!(with(libc::SYS_socket, [d, stream, proto]), deny, "{proto}");
+            }
+        }
+        // Unix and netlink sockets of every type, as before; other domains still refused.
+        for t in [libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET] {
+            assert_eq!(
+                with(libc::SYS_socket, [libc::AF_UNIX as u64, t as u64, 0]),
+                allow
+            );
+            assert_eq!(
+                with(libc::SYS_socket, [libc::AF_NETLINK as u64, t as u64, 0]),
+                allow
+            );
+        }
+        for d in [libc::AF_PACKET, libc::AF_VSOCK, libc::AF_BLUETOOTH] {
+            assert_eq!(with(libc::SYS_socket, [d as u64, stream, 0]), deny);
+        }
+        // TCP Fast Open connects from a send: refused in each of the three sends.
+        let mut c = call(libc::SYS_sendto);
+        c.args[3] = u64::from(MSG_FASTOPEN);
+        assert_eq!(evaluate(&prog, &c), deny);
+        c.args[3] = libc::MSG_NOSIGNAL as u64;
+        assert_eq!(evaluate(&prog, &c), allow);
+        assert_eq!(
+            with(libc::SYS_sendmsg, [3, 0, u64::from(MSG_FASTOPEN)]),
+            deny
+        );
+        assert_eq!(with(libc::SYS_sendmsg, [3, 0, 0]), allow);
+        let mut c = call(libc::SYS_sendmmsg);
+        c.args[3] = u64::from(MSG_FASTOPEN | libc::MSG_DONTWAIT as u32);
+        assert_eq!(evaluate(&prog, &c), deny);
+        // exec stays supervised.
+        assert_eq!(with(libc::SYS_execve, [0, 0, 0]), Some(ret::USER_NOTIF));
+        assert!(profile.render().contains("supervised (egress allow-list"));
+        assert!(
+            Profile::strict()
+                .with_egress_mediation()
+                .unwrap_err()
+                .contains("needs the default profile")
+        );
+    }
+
+    #[test]
     fn socket_domains_and_pdeathsig_are_filtered_by_argument() {
         let prog = Profile::default_profile().compile();
         let with = |nr: i64, arg0: u64| {
@@ -842,15 +1011,37 @@ mod tests {
     proptest! {
         /// The compiled program agrees with the profile for every number and argument.
         #[test]
-        fn compiled_program_matches_the_profile(nr in 0u32..0x4000_0000, arg0 in any::<u64>(), strict in any::<bool>()) {
-            let profile = if strict { Profile::strict() } else { Profile::default_profile() };
+        fn compiled_program_matches_the_profile(
+            nr in 0u32..0x4000_0000,
+            arg0 in prop_oneof![any::<u64>(), 0u64..16],
+            arg1 in prop_oneof![any::<u64>(), 0u64..0x10_0000],
+            arg2 in prop_oneof![any::<u64>(), 0u64..300],
+            arg3 in any::<u64>(),
+            which in 0u8..3,
+        ) {
+            let profile = match which {
+                0 => Profile::strict(),
+                1 => Profile::default_profile(),
+                _ => Profile::default_profile().with_egress_mediation().unwrap(),
+            };
             let prog = profile.compile();
             let mut data = call(i64::from(nr));
-            data.args[0] = arg0;
+            data.args[..4].copy_from_slice(&[arg0, arg1, arg2, arg3]);
+            let deny = ret::ERRNO | libc::EPERM as u32;
             let want = match profile.action(nr) {
+                Action::SocketTcpOnly => {
+                    let d = arg0 as u32;
+                    let inet = d == libc::AF_INET as u32 || d == libc::AF_INET6 as u32;
+                    let tcp = (arg1 as u32) & 0xf == libc::SOCK_STREAM as u32
+                        && matches!(arg2 as u32, 0 | 6);
+                    if (inet && tcp) || (!inet && SOCKET_DOMAINS.contains(&d)) { ret::ALLOW } else { deny }
+                }
+                Action::AllowUnlessArgBits(i, bits) => {
+                    if (data.args[usize::from(i)] as u32) & bits != 0 { deny } else { ret::ALLOW }
+                }
                 Action::Allow => ret::ALLOW,
                 Action::Errno(e) => ret::ERRNO | u32::from(e),
-                Action::Notify => ret::USER_NOTIF,
+                Action::Notify | Action::Mediate => ret::USER_NOTIF,
                 Action::AllowIfArg0Clear(mask) => {
                     if arg0 & mask == 0 { ret::ALLOW } else { ret::ERRNO | libc::EPERM as u32 }
                 }

@@ -38,6 +38,9 @@ pub struct Plan {
     pub netns_from: Option<RawFd>,
     /// Whether landlock also confines writes (the strict profile).
     pub landlock_writes: bool,
+    /// Whether landlock refuses the task's own TCP connects (an egress allow-list: the
+    /// supervisor connects for it).
+    pub deny_tcp_connect: bool,
     /// Host directories bound into the sandbox.
     pub volumes: Vec<Volume>,
 }
@@ -234,7 +237,7 @@ pub fn enter(sys: &dyn Syscall, plan: &Plan) -> Result<Entered, SysError> {
             .filter(|v| !v.read_only)
             .map(|v| PathBuf::from(&v.inside)),
     );
-    let landlock = sys.landlock(&writable, plan.landlock_writes)?;
+    let landlock = sys.landlock(&writable, plan.landlock_writes, plan.deny_tcp_connect)?;
     sys.lock_securebits()?;
     sys.drop_capabilities()?;
     sys.no_new_privs()?;
@@ -259,6 +262,7 @@ mod tests {
             network: crate::net::Network::None,
             netns_from: None,
             landlock_writes: true,
+            deny_tcp_connect: false,
             volumes: vec![Volume {
                 host: PathBuf::from("/srv/data"),
                 inside: "/data".into(),
@@ -330,7 +334,7 @@ mod tests {
         let caps = position(&calls, |c| matches!(c, Call::DropCaps));
         let nnp = position(&calls, |c| matches!(c, Call::NoNewPrivs));
         let close = position(&calls, |c| matches!(c, Call::CloseFds(3, 4)));
-        let landlock = position(&calls, |c| matches!(c, Call::Landlock(_, true)));
+        let landlock = position(&calls, |c| matches!(c, Call::Landlock(_, true, _)));
         let session = position(&calls, |c| matches!(c, Call::NewSession));
         let last_mount = calls
             .iter()
@@ -396,11 +400,9 @@ mod tests {
         });
         let pivot = position(&calls, |c| matches!(c, Call::PivotRoot(_)));
         assert!(remount.is_some_and(|r| r < pivot), "{calls:#?}");
-        assert!(
-            calls.iter().any(
-                |c| matches!(c, Call::Landlock(w, true) if w.contains(&PathBuf::from("/data")))
-            )
-        );
+        assert!(calls.iter().any(
+            |c| matches!(c, Call::Landlock(w, true, _) if w.contains(&PathBuf::from("/data")))
+        ));
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! (`openat2` with `RESOLVE_IN_ROOT`, so absolute symlinks cannot point at the host), and lets
 //! the call continue only when the file is one of the verified image's executables.
 //!
+//! With an egress allow-list it also receives every `connect` (see [`crate::egress`]): for an
+//! IPv4 or IPv6 socket it copies the address out once, checks it, and connects the task's
+//! socket itself, so what the kernel connects is what was checked.
+//!
 //! The kernel re-reads the path after the supervisor answers, so a second thread of the task
 //! could swap it in between (the user-notification man page warns of exactly this). That race
 //! only ever reaches files the kernel itself will execute, and every such file is on the
@@ -19,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use ringfence_provenance::statement::Sha256;
 use serde::Serialize;
 
+use crate::egress::Egress;
 use crate::image::ExecIndex;
 
 /// Something the sandbox did that its operator should know.
@@ -31,6 +36,22 @@ pub enum Event {
         pid: u32,
         /// The image path of the executable.
         path: String,
+    },
+    /// A connection the egress allow-list let through (made by the supervisor).
+    ConnectAllowed {
+        /// Host pid of the caller.
+        pid: u32,
+        /// The destination.
+        to: String,
+    },
+    /// A connection the egress allow-list refused.
+    ConnectRefused {
+        /// Host pid of the caller.
+        pid: u32,
+        /// The destination.
+        to: String,
+        /// Why.
+        reason: String,
     },
     /// An exec refused: drift.
     ExecRefused {
@@ -46,9 +67,23 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// Whether this reports something refused (what an operator must see).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Event::ExecRefused { .. } | Event::ConnectRefused { .. }
+        )
+    }
+}
+
 impl std::fmt::Display for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Event::ConnectAllowed { to, .. } => write!(f, "egress: connect to {to}: allowed"),
+            Event::ConnectRefused { to, reason, .. } => {
+                write!(f, "egress: refused connect to {to}: {reason}")
+            }
             Event::ExecAllowed { path, .. } => {
                 write!(f, "exec {}: allowed (verified image)", path.escape_debug())
             }
@@ -86,9 +121,12 @@ pub fn fetch_listener(pid: u32, fd: RawFd) -> std::io::Result<OwnedFd> {
 pub fn serve(
     listener: OwnedFd,
     index: Arc<ExecIndex>,
+    egress: Option<Arc<Egress>>,
     stop: Arc<AtomicBool>,
-    report: &(dyn Fn(Event) + Send + Sync),
+    report: Report,
 ) {
+    // Shared with the threads that finish blocking connects, which may outlive this loop.
+    let listener = Arc::new(listener);
     let fd = listener.as_raw_fd();
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -121,24 +159,211 @@ pub fn serve(
             // ENOENT: the caller died before we read it. Anything else: keep serving.
             continue;
         }
+        if i64::from(notif.data.nr) == libc::SYS_connect {
+            match &egress {
+                Some(egress) => connect(&listener, &notif, egress, &report),
+                // A filter without an allow-list never sends connect here.
+                None => respond(fd, notif.id, Reply::Return(libc::ENOSYS)),
+            }
+            continue;
+        }
         let (errno, event) = decide(fd, &notif, &index);
-        let allow = errno == 0;
-        let resp = libc::seccomp_notif_resp {
-            id: notif.id,
-            val: 0,
-            error: -errno,
-            flags: if allow {
-                libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32
+        respond(
+            fd,
+            notif.id,
+            if errno == 0 {
+                Reply::Continue
             } else {
-                0
+                Reply::Return(errno)
             },
-        };
-        // SAFETY: `resp` is a valid seccomp_notif_resp. Failure means the caller is gone.
-        unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SEND, &resp) };
+        );
         if let Some(event) = event {
             report(event);
         }
     }
+}
+
+/// Where decisions are reported.
+pub type Report = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// How a notification is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// The kernel runs the call as the task made it.
+    Continue,
+    /// The call returns this errno (0: success) without running.
+    Return(i32),
+}
+
+fn respond(listener: RawFd, id: u64, reply: Reply) {
+    let (error, flags) = match reply {
+        Reply::Continue => (0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
+        Reply::Return(errno) => (-errno, 0),
+    };
+    let resp = libc::seccomp_notif_resp {
+        id,
+        val: 0,
+        error,
+        flags,
+    };
+    // SAFETY: `resp` is a valid seccomp_notif_resp. Failure means the caller is gone.
+    unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SEND, &resp) };
+}
+
+/// `connect(fd, addr, len)` under the egress allow-list. For an IPv4/IPv6 socket the
+/// supervisor makes the connection itself, on its own duplicate of the task's socket, with
+/// the bytes it copied and checked: the kernel never reads the task's memory again, so no
+/// thread of the task can change the address after the check. A blocking connect finishes
+/// on a thread of its own, so one slow peer does not hold up the task's execs.
+fn connect(listener: &Arc<OwnedFd>, n: &libc::seccomp_notif, egress: &Egress, report: &Report) {
+    let fd = listener.as_raw_fd();
+    let prepared = match prepare_connect(fd, n, egress) {
+        Ok(p) => p,
+        Err((reply, event)) => {
+            respond(fd, n.id, reply);
+            if let Some(e) = event {
+                report(e);
+            }
+            return;
+        }
+    };
+    let blocking = prepared.blocking;
+    let (listener, report, id) = (Arc::clone(listener), Arc::clone(report), n.id);
+    let finish = move || {
+        let errno = prepared.connect();
+        respond(listener.as_raw_fd(), id, Reply::Return(errno));
+        if let Some(e) = prepared.event {
+            report(e);
+        }
+    };
+    if blocking {
+        if let Err(_e) = std::thread::Builder::new()
+            .name("sandbox-connect".into())
+            .spawn(finish)
+        {
+            // Out of threads: the task may try again.
+            respond(fd, id, Reply::Return(libc::EAGAIN));
+        }
+    } else {
+        finish();
+    }
+}
+
+/// A checked connection, ready to be made.
+struct Prepared {
+    socket: File,
+    addr: Vec<u8>,
+    blocking: bool,
+    event: Option<Event>,
+}
+
+impl Prepared {
+    /// Connects; the errno the task's call returns (0: connected).
+    fn connect(&self) -> i32 {
+        let len = libc::socklen_t::try_from(self.addr.len()).unwrap_or(0);
+        // SAFETY: `socket` is an open descriptor; `addr` is readable for `len` bytes.
+        let rc = unsafe { libc::connect(self.socket.as_raw_fd(), self.addr.as_ptr().cast(), len) };
+        if rc == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
+        }
+    }
+}
+
+type Answer = (Reply, Option<Event>);
+
+fn prepare_connect(
+    listener: RawFd,
+    n: &libc::seccomp_notif,
+    egress: &Egress,
+) -> Result<Prepared, Answer> {
+    let pid = n.pid;
+    let errno = |e: &std::io::Error| Reply::Return(e.raw_os_error().unwrap_or(libc::EIO));
+    let pinned = Pinned::open(pid).map_err(|e| (errno(&e), None))?;
+    if !id_valid(listener, n.id) {
+        return Err((Reply::Return(libc::ESRCH), None));
+    }
+    let (sockfd, ptr) = (n.data.args[0] as i32, n.data.args[1]);
+    // `socklen_t` as the kernel reads it: an int, at most a sockaddr_storage.
+    let len = n.data.args[2] as u32 as i32;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|l| *l <= std::mem::size_of::<libc::sockaddr_storage>())
+        .ok_or((Reply::Return(libc::EINVAL), None))?;
+    let socket = pinned.fd(sockfd).map_err(|e| (errno(&e), None))?;
+    let domain = socket_domain(&socket).map_err(|e| (errno(&e), None))?;
+    if domain != libc::AF_INET && domain != libc::AF_INET6 {
+        // Unix and netlink sockets are not network egress. Should another thread swap an IP
+        // socket onto this descriptor before the kernel runs the call, landlock refuses it:
+        // the task cannot connect a TCP socket itself.
+        return Err((Reply::Continue, None));
+    }
+    let mut addr = vec![0u8; len];
+    pinned
+        .mem
+        .read_exact_at(&mut addr, ptr)
+        .map_err(|_| (Reply::Return(libc::EFAULT), None))?;
+    let to = match crate::egress::decode(domain, &addr) {
+        Ok(crate::egress::Target::Inet(to)) => to,
+        // Dissolving an association reaches nobody.
+        Ok(crate::egress::Target::Unspec) => {
+            return Ok(Prepared {
+                blocking: false,
+                socket,
+                addr,
+                event: None,
+            });
+        }
+        Err(e) => return Err((Reply::Return(e), None)),
+    };
+    if let Err(reason) = egress.check(to) {
+        return Err((
+            Reply::Return(libc::EACCES),
+            Some(Event::ConnectRefused {
+                pid,
+                to: to.to_string(),
+                reason,
+            }),
+        ));
+    }
+    Ok(Prepared {
+        blocking: !is_nonblocking(&socket),
+        socket,
+        addr,
+        event: Some(Event::ConnectAllowed {
+            pid,
+            to: to.to_string(),
+        }),
+    })
+}
+
+fn socket_domain(f: &File) -> std::io::Result<i32> {
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `f` is open; `domain` and `len` are writable and sized for an int option.
+    let rc = unsafe {
+        libc::getsockopt(
+            f.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&raw mut domain).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(domain)
+}
+
+/// `O_NONBLOCK` lives on the open file, which the duplicate shares with the task.
+fn is_nonblocking(f: &File) -> bool {
+    // SAFETY: `f` is open; F_GETFL takes no argument.
+    let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_NONBLOCK != 0
 }
 
 fn refused(

@@ -74,8 +74,14 @@ pub trait Syscall {
     /// Securebits that keep uid 0 from regaining capabilities on exec, locked.
     fn lock_securebits(&self) -> Result<(), SysError>;
     /// Applies a landlock ruleset: read and execute everywhere under `/`, read and write only
-    /// under `writable`. Returns whether the kernel enforces it fully, partly or not at all.
-    fn landlock(&self, writable: &[PathBuf], writes: bool) -> Result<String, SysError>;
+    /// under `writable`; with `deny_tcp_connect`, no TCP connect at all. Returns whether the
+    /// kernel enforces it fully, partly or not at all.
+    fn landlock(
+        &self,
+        writable: &[PathBuf],
+        writes: bool,
+        deny_tcp_connect: bool,
+    ) -> Result<String, SysError>;
     /// Drops every capability: bounding set, ambient, effective, permitted, inheritable.
     fn drop_capabilities(&self) -> Result<(), SysError>;
     /// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
@@ -317,8 +323,13 @@ impl Syscall for LinuxSyscall {
         }
     }
 
-    fn landlock(&self, writable: &[PathBuf], writes: bool) -> Result<String, SysError> {
-        crate::landlock::restrict(writable, writes).map_err(|e| SysError {
+    fn landlock(
+        &self,
+        writable: &[PathBuf],
+        writes: bool,
+        deny_tcp_connect: bool,
+    ) -> Result<String, SysError> {
+        crate::landlock::restrict(writable, writes, deny_tcp_connect).map_err(|e| SysError {
             op: format!("landlock: {e}"),
             errno: libc::EPERM,
         })
@@ -475,8 +486,8 @@ pub enum Call {
     BecomeNsRoot,
     /// Securebits locked.
     Securebits,
-    /// Landlock with these writable paths, restricting writes or not.
-    Landlock(Vec<PathBuf>, bool),
+    /// Landlock with these writable paths, restricting writes or not, TCP connects or not.
+    Landlock(Vec<PathBuf>, bool, bool),
     /// Capabilities dropped.
     DropCaps,
     /// No new privileges.
@@ -577,8 +588,13 @@ impl Syscall for RecordingSyscall {
     fn lock_securebits(&self) -> Result<(), SysError> {
         self.record(Call::Securebits)
     }
-    fn landlock(&self, writable: &[PathBuf], writes: bool) -> Result<String, SysError> {
-        self.record(Call::Landlock(writable.to_vec(), writes))
+    fn landlock(
+        &self,
+        writable: &[PathBuf],
+        writes: bool,
+        deny_tcp_connect: bool,
+    ) -> Result<String, SysError> {
+        self.record(Call::Landlock(writable.to_vec(), writes, deny_tcp_connect))
             .map(|()| "recorded".into())
     }
     fn drop_capabilities(&self) -> Result<(), SysError> {

@@ -49,11 +49,64 @@ static const char *ename(int e) {
     case ENOTTY: return "ENOTTY";
     case ECONNREFUSED: return "ECONNREFUSED";
     case ENOMEM: return "ENOMEM";
+    case EINPROGRESS: return "EINPROGRESS";
+    case EAFNOSUPPORT: return "EAFNOSUPPORT";
+    case EPROTONOSUPPORT: return "EPROTONOSUPPORT";
     default: return strerror(e);
     }
 }
 
 static int escaped = 0;
+
+/* For the egress race: a second thread rewriting the connect address (or the descriptor)
+   while the main thread connects. */
+static volatile int race_stop = 0;
+static volatile struct sockaddr_in race_addr;
+static unsigned short race_good, race_bad;
+static int race_fd = -1, race_unix = -1, race_tcp = -1;
+
+static void spin_us(uint64_t us);
+
+static void *flip_port(void *arg) {
+    (void)arg;
+    /* Windows of 2 to 64 us each way: about as long as a supervisor's answer takes, so a
+       check-then-continue design would often see one port and the kernel the other. */
+    for (unsigned i = 0; !race_stop; i++) {
+        uint64_t us = 2u << (i % 6);
+        race_addr.sin_port = race_good;
+        spin_us(us);
+        race_addr.sin_port = race_bad;
+        spin_us(us);
+    }
+    return NULL;
+}
+
+static void *flip_fd(void *arg) {
+    (void)arg;
+    for (unsigned i = 0; !race_stop; i++) {
+        uint64_t us = 2u << (i % 6);
+        dup2(race_unix, race_fd);
+        spin_us(us);
+        dup2(race_tcp, race_fd);
+        spin_us(us);
+    }
+    return NULL;
+}
+
+static int tcp_to(const char *ip, int port) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((unsigned short)port);
+    inet_pton(AF_INET, ip, &a.sin_addr);
+    if (connect(s, (struct sockaddr *)&a, sizeof a) < 0) {
+        int e = errno;
+        close(s);
+        errno = e;
+        return -1;
+    }
+    return s;
+}
 
 /* rc < 0 means refused with errno; otherwise the attempt worked. */
 static void expect_refused(const char *what, long rc) {
@@ -78,6 +131,11 @@ static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void spin_us(uint64_t us) {
+    uint64_t end = now_ns() + us * 1000;
+    while (now_ns() < end) {}
 }
 
 static int copy_self(const char *dst, int extra_byte) {
@@ -243,6 +301,127 @@ int main(int argc, char **argv) {
         const char *msg = "hello from the sandbox\n";
         write(s, msg, strlen(msg));
         printf("connected\n");
+    } else if (!strcmp(t, "egress")) {
+        /* probe egress IP GOOD BAD: under an allow-list naming IP:GOOD only, every way of
+           reaching IP:BAD. Prints one line per attempt. */
+        if (argc < 5) return 2;
+        const char *ip = argv[2];
+        int good = atoi(argv[3]), bad = atoi(argv[4]);
+        int s = tcp_to(ip, good);
+        if (s < 0) { printf("allowed port failed: %s\n", ename(errno)); return 3; }
+        write(s, "good\n", 5);
+        close(s);
+        printf("allowed port: connected\n");
+        expect_refused("connect to the other port", tcp_to(ip, bad));
+        /* The IPv4-mapped IPv6 spelling of the refused address. */
+        {
+            int s6 = socket(AF_INET6, SOCK_STREAM, 0);
+            struct sockaddr_in6 a6 = {0};
+            a6.sin6_family = AF_INET6;
+            a6.sin6_port = htons((unsigned short)bad);
+            char mapped[64];
+            snprintf(mapped, sizeof mapped, "::ffff:%s", ip);
+            inet_pton(AF_INET6, mapped, &a6.sin6_addr);
+            expect_refused("connect to the other port as ::ffff:IP",
+                           connect(s6, (struct sockaddr *)&a6, sizeof a6));
+            close(s6);
+        }
+        /* Non-blocking: refused at once, not EINPROGRESS. */
+        {
+            int nb = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+            struct sockaddr_in a = {0};
+            a.sin_family = AF_INET;
+            a.sin_port = htons((unsigned short)bad);
+            inet_pton(AF_INET, ip, &a.sin_addr);
+            expect_refused("non-blocking connect to the other port",
+                           connect(nb, (struct sockaddr *)&a, sizeof a));
+            close(nb);
+        }
+        /* Datagrams and other stream protocols carry their own addresses. */
+        expect_refused("udp socket", socket(AF_INET, SOCK_DGRAM, 0));
+        expect_refused("udp6 socket", socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+        expect_refused("sctp socket", socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP));
+        expect_refused("mptcp socket", socket(AF_INET, SOCK_STREAM, 262));
+        expect_refused("raw socket", socket(AF_INET, SOCK_RAW, IPPROTO_TCP));
+        /* TCP Fast Open: a sendto that connects. */
+        {
+            int f = socket(AF_INET, SOCK_STREAM, 0);
+            struct sockaddr_in a = {0};
+            a.sin_family = AF_INET;
+            a.sin_port = htons((unsigned short)bad);
+            inet_pton(AF_INET, ip, &a.sin_addr);
+            expect_refused("sendto MSG_FASTOPEN",
+                           sendto(f, "x", 1, MSG_FASTOPEN, (struct sockaddr *)&a, sizeof a));
+            struct iovec iov = {"x", 1};
+            struct msghdr m = {0};
+            m.msg_name = &a;
+            m.msg_namelen = sizeof a;
+            m.msg_iov = &iov;
+            m.msg_iovlen = 1;
+            expect_refused("sendmsg MSG_FASTOPEN", sendmsg(f, &m, MSG_FASTOPEN));
+            close(f);
+        }
+        /* A malformed address: too long for any sockaddr. */
+        {
+            int m = socket(AF_INET, SOCK_STREAM, 0);
+            char big[512] = {0};
+            ((struct sockaddr_in *)big)->sin_family = AF_INET;
+            expect_refused("connect with a 512-byte address", connect(m, (struct sockaddr *)big, sizeof big));
+            close(m);
+        }
+        /* Race 1: another thread flips the port between the good and the bad one while
+           this one connects; whatever the supervisor checked is what it connects. */
+        {
+            race_good = htons((unsigned short)good);
+            race_bad = htons((unsigned short)bad);
+            race_addr.sin_family = AF_INET;
+            race_addr.sin_port = race_good;
+            inet_pton(AF_INET, ip, (void *)&race_addr.sin_addr);
+            race_stop = 0;
+            pthread_t th;
+            pthread_create(&th, NULL, flip_port, NULL);
+            int ok = 0, refused = 0;
+            for (int i = 0; i < 300; i++) {
+                int c = socket(AF_INET, SOCK_STREAM, 0);
+                if (connect(c, (const struct sockaddr *)&race_addr, sizeof race_addr) == 0) {
+                    struct sockaddr_in peer;
+                    socklen_t pl = sizeof peer;
+                    getpeername(c, (struct sockaddr *)&peer, &pl);
+                    if (peer.sin_port == race_bad) { printf("ESCAPED: race reached the other port\n"); escaped = 1; }
+                    write(c, "race\n", 5);
+                    ok++;
+                } else {
+                    refused++;
+                }
+                close(c);
+            }
+            race_stop = 1;
+            pthread_join(th, NULL);
+            printf("port race: %d connected to the allowed port, %d refused\n", ok, refused);
+        }
+        /* Race 2: another thread swaps a unix socket and a TCP socket on the descriptor being
+           connected, so the supervisor may see the unix one and let the call continue. */
+        {
+            race_unix = socket(AF_UNIX, SOCK_STREAM, 0);
+            race_tcp = socket(AF_INET, SOCK_STREAM, 0);
+            race_fd = socket(AF_UNIX, SOCK_STREAM, 0);
+            struct sockaddr_in a = {0};
+            a.sin_family = AF_INET;
+            a.sin_port = race_bad;
+            inet_pton(AF_INET, ip, &a.sin_addr);
+            race_stop = 0;
+            pthread_t th;
+            pthread_create(&th, NULL, flip_fd, NULL);
+            int reached = 0;
+            for (int i = 0; i < 300; i++) {
+                if (connect(race_fd, (struct sockaddr *)&a, sizeof a) == 0) reached++;
+            }
+            race_stop = 1;
+            pthread_join(th, NULL);
+            if (reached) { printf("ESCAPED: descriptor race connected %d times\n", reached); escaped = 1; }
+            else printf("refused: descriptor race (300 tries)\n");
+        }
+        return escaped;
     } else if (!strcmp(t, "unix-connect")) {
         /* probe unix-connect PATH [PATH...]: for each, a connection to a unix socket (retried
            for up to 5 s while it does not exist yet), one line each; then stays running. */
