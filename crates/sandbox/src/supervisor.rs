@@ -128,6 +128,7 @@ pub fn serve(
     // Shared with the threads that finish blocking connects, which may outlive this loop.
     let listener = Arc::new(listener);
     let fd = listener.as_raw_fd();
+    let workers = Workers::new();
     loop {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -161,7 +162,7 @@ pub fn serve(
         }
         if i64::from(notif.data.nr) == libc::SYS_connect {
             match &egress {
-                Some(egress) => connect(&listener, &notif, egress, &report),
+                Some(egress) => connect(&listener, &notif, egress, &report, &workers),
                 // A filter without an allow-list never sends connect here.
                 None => respond(fd, notif.id, Reply::Return(libc::ENOSYS)),
             }
@@ -215,7 +216,13 @@ fn respond(listener: RawFd, id: u64, reply: Reply) {
 /// the bytes it copied and checked: the kernel never reads the task's memory again, so no
 /// thread of the task can change the address after the check. A blocking connect finishes
 /// on a thread of its own, so one slow peer does not hold up the task's execs.
-fn connect(listener: &Arc<OwnedFd>, n: &libc::seccomp_notif, egress: &Egress, report: &Report) {
+fn connect(
+    listener: &Arc<OwnedFd>,
+    n: &libc::seccomp_notif,
+    egress: &Egress,
+    report: &Report,
+    workers: &Workers,
+) {
     let fd = listener.as_raw_fd();
     let prepared = match prepare_connect(fd, n, egress) {
         Ok(p) => p,
@@ -237,15 +244,65 @@ fn connect(listener: &Arc<OwnedFd>, n: &libc::seccomp_notif, egress: &Egress, re
         }
     };
     if blocking {
-        if let Err(_e) = std::thread::Builder::new()
-            .name("sandbox-connect".into())
-            .spawn(finish)
-        {
+        workers.run(Box::new(finish), || {
             // Out of threads: the task may try again.
             respond(fd, id, Reply::Return(libc::EAGAIN));
-        }
+        });
     } else {
         finish();
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads that finish blocking connects: kept once started (starting one costs about
+/// 0.1 ms here, more than the connect it serves), a new one only when none is idle, so one
+/// slow peer never delays another connect. They end when the supervisor does.
+struct Workers {
+    tx: std::sync::mpsc::Sender<Job>,
+    rx: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>,
+    idle: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Workers {
+    fn new() -> Workers {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Workers {
+            tx,
+            rx: Arc::new(std::sync::Mutex::new(rx)),
+            idle: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        }
+    }
+
+    fn run(&self, job: Job, refused: impl FnOnce()) {
+        // Claim an idle worker, or start one; either way exactly one worker takes this job.
+        let claimed = self
+            .idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if !claimed {
+            let (rx, idle) = (Arc::clone(&self.rx), Arc::clone(&self.idle));
+            let started = std::thread::Builder::new()
+                .name("sandbox-connect".into())
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        job();
+                        idle.fetch_add(1, Ordering::AcqRel);
+                    }
+                });
+            if started.is_err() {
+                refused();
+                return;
+            }
+        }
+        if self.tx.send(job).is_err() {
+            refused();
+        }
     }
 }
 

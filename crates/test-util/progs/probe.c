@@ -559,6 +559,24 @@ int main(int argc, char **argv) {
             unlink(path);
         }
         printf("ns_per_op %.1f\n", (double)(now_ns() - t0) / (double)n);
+    } else if (!strcmp(t, "connectloop")) {
+        /* Benchmark: connect to a loopback listener, accept, close; 3000 times. */
+        int l = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {0};
+        socklen_t len = sizeof a;
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (bind(l, (struct sockaddr *)&a, sizeof a) < 0 || listen(l, 128) < 0 ||
+            getsockname(l, (struct sockaddr *)&a, &len) < 0) return 3;
+        int n = 3000;
+        uint64_t t0 = now_ns();
+        for (int i = 0; i < n; i++) {
+            int c = socket(AF_INET, SOCK_STREAM, 0);
+            if (connect(c, (struct sockaddr *)&a, sizeof a) < 0) { printf("connect failed: %s\n", ename(errno)); return 3; }
+            close(accept(l, NULL, NULL));
+            close(c);
+        }
+        printf("ns_per_op %llu\n", (unsigned long long)((now_ns() - t0) / n));
     } else if (!strcmp(t, "compute")) {
         long n = argc > 2 ? atol(argv[2]) : 200000000;
         volatile uint64_t x = 1;
