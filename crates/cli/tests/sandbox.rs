@@ -723,6 +723,9 @@ fn an_egress_allow_list_lets_through_only_what_it_names_and_reports_the_rest() {
             "refused: sendto MSG_FASTOPEN EPERM",
             "refused: sendmsg MSG_FASTOPEN EPERM",
             "refused: connect with a 512-byte address EINVAL",
+            "refused: setsockopt TCP_ULP smc EPERM",
+            "refused: setsockopt SO_BINDTODEVICE eth0 EPERM",
+            "refused: setsockopt IP_OPTIONS source route EPERM",
             "refused: descriptor race (300 tries)",
         ],
     );

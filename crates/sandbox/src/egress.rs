@@ -6,8 +6,10 @@
 //! The kernel never re-reads the address after the check, so a second thread rewriting it in
 //! between changes nothing. Datagram and other non-TCP IP sockets are refused at `socket()`
 //! (their `sendto` carries an address the filter cannot see), as is TCP Fast Open (a `sendto`
-//! that connects). Loopback is the task's own network namespace, not egress, and is always
-//! allowed. Unix sockets are not network egress; their connects continue unchanged.
+//! that connects), as are the socket options that would send a checked connection elsewhere
+//! (`seccomp::EGRESS_REFUSED_SOCKOPTS`). Loopback (and the unspecified address, which means
+//! this host) is the task's own network namespace and always allowed. Unix and netlink
+//! connects continue unchanged; every other family is refused.
 //!
 //! Rules are parsed here, once, and matched against the decoded address.
 
@@ -183,7 +185,9 @@ impl Egress {
 
     /// Whether a connection to `to` may be made; the reason when not.
     pub fn check(&self, to: SocketAddr) -> Result<(), String> {
-        if canonical(to.ip()).is_loopback() {
+        // The unspecified address connects to this host, like loopback.
+        let ip = canonical(to.ip());
+        if ip.is_loopback() || ip.is_unspecified() {
             return Ok(());
         }
         if self.rules.iter().any(|r| r.permits(to)) {
@@ -221,14 +225,7 @@ pub fn decode(family: i32, bytes: &[u8]) -> Result<Target, i32> {
         if bytes.len() < 24 {
             return Err(libc::EINVAL);
         }
-        if sa_family == libc::AF_INET {
-            // An IPv6 socket given an IPv4 sockaddr: the kernel connects it as IPv4.
-            if bytes.len() < 16 {
-                return Err(libc::EINVAL);
-            }
-            let ip = Ipv4Addr::new(at(4), at(5), at(6), at(7));
-            return Ok(Target::Inet(SocketAddr::new(IpAddr::V4(ip), port)));
-        }
+        // TCP over IPv6 refuses an IPv4 sockaddr (only UDP takes one).
         if sa_family != libc::AF_INET6 {
             return Err(libc::EAFNOSUPPORT);
         }
@@ -314,6 +311,8 @@ mod tests {
         assert_eq!(none.check(sa("127.0.0.1:9")), Ok(()));
         assert_eq!(none.check(sa("[::1]:9")), Ok(()));
         assert_eq!(none.check(sa("[::ffff:127.0.0.1]:9")), Ok(()));
+        assert_eq!(none.check(sa("0.0.0.0:9")), Ok(()));
+        assert_eq!(none.check(sa("[::]:9")), Ok(()));
         assert_eq!(
             none.check(sa("10.0.0.1:9")).unwrap_err(),
             "the sandbox allows no egress (only loopback)"
@@ -357,6 +356,10 @@ mod tests {
             decode(libc::AF_INET6, &v4([10, 0, 0, 1], 80)[..16]),
             Err(libc::EINVAL)
         );
+        // An IPv4 sockaddr on an IPv6 TCP socket: refused, as tcp_v6_connect does.
+        let mut padded = v4([10, 0, 0, 1], 80);
+        padded.resize(28, 0);
+        assert_eq!(decode(libc::AF_INET6, &padded), Err(libc::EAFNOSUPPORT));
         let unspec = (libc::AF_UNSPEC as u16).to_ne_bytes();
         assert_eq!(decode(libc::AF_INET, &unspec), Ok(Target::Unspec));
         assert_eq!(

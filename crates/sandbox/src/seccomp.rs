@@ -103,7 +103,24 @@ pub enum Action {
     SocketTcpOnly,
     /// Allow unless argument `.0` (a 32-bit `int`) has any of the bits `.1` (send flags).
     AllowUnlessArgBits(u8, u32),
+    /// `setsockopt` refusing these `(level, optname)` pairs.
+    SetsockoptExcept(&'static [(u32, u32)]),
 }
+
+/// The socket options refused under an egress allow-list, each a way to make a connection go
+/// somewhere other than the address checked: `TCP_ULP` (a TCP socket turned into another
+/// protocol, outside landlock's TCP rules), `SO_BINDTODEVICE` and `SO_BINDTOIFINDEX` (a
+/// loopback address sent out of `eth0`), `IP_OPTIONS` (source routing) and the IPv6 routing
+/// headers.
+pub const EGRESS_REFUSED_SOCKOPTS: &[(u32, u32)] = &[
+    (libc::IPPROTO_TCP as u32, 31),  // TCP_ULP
+    (libc::SOL_SOCKET as u32, 25),   // SO_BINDTODEVICE
+    (libc::SOL_SOCKET as u32, 62),   // SO_BINDTOIFINDEX
+    (libc::IPPROTO_IP as u32, 4),    // IP_OPTIONS
+    (libc::IPPROTO_IPV6 as u32, 57), // IPV6_RTHDR
+    (libc::IPPROTO_IPV6 as u32, 5),  // IPV6_2292RTHDR
+    (libc::IPPROTO_IPV6 as u32, 6),  // IPV6_2292PKTOPTIONS
+];
 
 /// The socket domains the default profile allows: unix, IPv4, IPv6, netlink (no vsock,
 /// packet, bluetooth...: some are not confined by the network namespace).
@@ -130,6 +147,10 @@ impl Action {
                 "allow for unix and netlink, and TCP only over inet and inet6".into()
             }
             Action::AllowUnlessArgBits(..) => "allow without MSG_FASTOPEN".into(),
+            Action::SetsockoptExcept(_) => {
+                "allow except TCP_ULP, SO_BINDTODEVICE/IFINDEX, IP_OPTIONS, IPv6 routing headers"
+                    .into()
+            }
         }
     }
 }
@@ -538,6 +559,13 @@ impl Profile {
             .insert(libc::SYS_connect as u32, ("connect", Action::Mediate));
         self.rules
             .insert(libc::SYS_socket as u32, ("socket", Action::SocketTcpOnly));
+        self.rules.insert(
+            libc::SYS_setsockopt as u32,
+            (
+                "setsockopt",
+                Action::SetsockoptExcept(EGRESS_REFUSED_SOCKOPTS),
+            ),
+        );
         for (nr, name, arg) in [
             (libc::SYS_sendto, "sendto", 3),
             (libc::SYS_sendmsg, "sendmsg", 2),
@@ -662,6 +690,24 @@ fn leaf(action: Action) -> Vec<SockFilter> {
                 stmt(BPF_RET_K, deny),
                 stmt(BPF_RET_K, ret::ALLOW),
             ]);
+            out
+        }
+        Action::SetsockoptExcept(pairs) => {
+            // Per pair: [ld level, jeq level else next pair, ld optname, jeq optname -> deny];
+            // then [allow, deny].
+            let n = pairs.len();
+            let mut out = Vec::with_capacity(4 * n + 2);
+            for (i, (level, name)) in pairs.iter().enumerate() {
+                let to_deny = u8::try_from(4 * (n - i) - 3).unwrap_or(u8::MAX);
+                out.extend([
+                    stmt(BPF_LD_W_ABS, off_arg_lo(1)),
+                    jump(BPF_JMP_JEQ_K, *level, 0, 2),
+                    stmt(BPF_LD_W_ABS, off_arg_lo(2)),
+                    jump(BPF_JMP_JEQ_K, *name, to_deny, 0),
+                ]);
+            }
+            out.push(stmt(BPF_RET_K, ret::ALLOW));
+            out.push(stmt(BPF_RET_K, ret::ERRNO | libc::EPERM as u32));
             out
         }
         Action::AllowUnlessArgBits(arg, bits) => vec![
@@ -897,6 +943,29 @@ mod tests {
         let mut c = call(libc::SYS_sendmmsg);
         c.args[3] = u64::from(MSG_FASTOPEN | libc::MSG_DONTWAIT as u32);
         assert_eq!(evaluate(&prog, &c), deny);
+        // Options that reroute a checked connection, refused; ordinary ones allowed.
+        for (level, name) in EGRESS_REFUSED_SOCKOPTS {
+            assert_eq!(
+                with(
+                    libc::SYS_setsockopt,
+                    [3, u64::from(*level), u64::from(*name)]
+                ),
+                deny,
+                "{level}/{name}"
+            );
+        }
+        for (level, name) in [
+            (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+            (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+            (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+            (libc::IPPROTO_IP, 31), // level IP, TCP_ULP's number: another option
+        ] {
+            assert_eq!(
+                with(libc::SYS_setsockopt, [3, level as u64, name as u64]),
+                allow,
+                "{level}/{name}"
+            );
+        }
         // exec stays supervised.
         assert_eq!(with(libc::SYS_execve, [0, 0, 0]), Some(ret::USER_NOTIF));
         assert!(profile.render().contains("supervised (egress allow-list"));
@@ -1038,6 +1107,9 @@ mod tests {
                 }
                 Action::AllowUnlessArgBits(i, bits) => {
                     if (data.args[usize::from(i)] as u32) & bits != 0 { deny } else { ret::ALLOW }
+                }
+                Action::SetsockoptExcept(pairs) => {
+                    if pairs.contains(&(arg1 as u32, arg2 as u32)) { deny } else { ret::ALLOW }
                 }
                 Action::Allow => ret::ALLOW,
                 Action::Errno(e) => ret::ERRNO | u32::from(e),

@@ -16,7 +16,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -129,6 +129,7 @@ pub fn serve(
     let listener = Arc::new(listener);
     let fd = listener.as_raw_fd();
     let workers = Workers::new();
+    let _reap = ReapOnExit(&workers, fd);
     loop {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -140,6 +141,7 @@ pub fn serve(
         };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, 200) };
+        workers.reap(fd, false);
         if n < 0 {
             if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
@@ -215,7 +217,7 @@ fn respond(listener: RawFd, id: u64, reply: Reply) {
 /// supervisor makes the connection itself, on its own duplicate of the task's socket, with
 /// the bytes it copied and checked: the kernel never reads the task's memory again, so no
 /// thread of the task can change the address after the check. A blocking connect finishes
-/// on a thread of its own, so one slow peer does not hold up the task's execs.
+/// on a worker thread, so one slow peer does not hold up the task's execs.
 fn connect(
     listener: &Arc<OwnedFd>,
     n: &libc::seccomp_notif,
@@ -234,34 +236,61 @@ fn connect(
             return;
         }
     };
-    let blocking = prepared.blocking;
     let (listener, report, id) = (Arc::clone(listener), Arc::clone(report), n.id);
+    let (inflight, abort) = (Arc::clone(&workers.inflight), prepared.socket.try_clone());
     let finish = move || {
         let errno = prepared.connect();
+        if let Ok(mut m) = inflight.lock() {
+            m.remove(&id);
+        }
         respond(listener.as_raw_fd(), id, Reply::Return(errno));
-        if let Some(e) = prepared.event {
+        // Reported as allowed once the kernel took the connection on.
+        if matches!(errno, 0 | libc::EINPROGRESS)
+            && let Some(e) = prepared.event
+        {
             report(e);
         }
     };
-    if blocking {
-        workers.run(Box::new(finish), || {
-            // Out of threads: the task may try again.
-            respond(fd, id, Reply::Return(libc::EAGAIN));
-        });
-    } else {
-        finish();
+    // Registered before it runs, so the serve loop can abort it once the call is gone.
+    if let (Ok(abort), Ok(mut m)) = (abort, workers.inflight.lock()) {
+        m.insert(id, abort);
+    }
+    // Never on this thread: the task can clear O_NONBLOCK at any time, and a connect can
+    // then wait for hours.
+    workers.run(Box::new(finish), || {
+        if let Ok(mut m) = workers.inflight.lock() {
+            m.remove(&id);
+        }
+        respond(fd, id, Reply::Return(libc::EAGAIN));
+    });
+}
+
+/// Aborts every connect still under way when the serve loop ends.
+struct ReapOnExit<'a>(&'a Workers, RawFd);
+
+impl Drop for ReapOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.reap(self.1, true);
     }
 }
 
+/// At most this many connects of one sandbox under way at once; beyond, `EAGAIN`.
+const MAX_CONNECTS: usize = 32;
+
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Threads that finish blocking connects: kept once started (starting one costs about
+/// Threads that make the checked connects: kept once started (starting one costs about
 /// 0.1 ms here, more than the connect it serves), a new one only when none is idle, so one
-/// slow peer never delays another connect. They end when the supervisor does.
+/// slow peer never delays another connect; at most [`MAX_CONNECTS`]. A connect whose call is
+/// gone (the task was interrupted or died) is aborted by the serve loop, so no thread is
+/// left waiting on a peer nobody waits for. They end when the supervisor does.
 struct Workers {
     tx: std::sync::mpsc::Sender<Job>,
     rx: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>,
     idle: Arc<std::sync::atomic::AtomicUsize>,
+    started: std::sync::atomic::AtomicUsize,
+    /// Connects under way: notification id and a duplicate of the socket, to shut it down.
+    inflight: Arc<std::sync::Mutex<std::collections::HashMap<u64, File>>>,
 }
 
 impl Workers {
@@ -271,6 +300,8 @@ impl Workers {
             tx,
             rx: Arc::new(std::sync::Mutex::new(rx)),
             idle: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            started: std::sync::atomic::AtomicUsize::new(0),
+            inflight: Arc::default(),
         }
     }
 
@@ -281,6 +312,10 @@ impl Workers {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .is_ok();
         if !claimed {
+            if self.started.load(Ordering::Acquire) >= MAX_CONNECTS {
+                refused();
+                return;
+            }
             let (rx, idle) = (Arc::clone(&self.rx), Arc::clone(&self.idle));
             let started = std::thread::Builder::new()
                 .name("sandbox-connect".into())
@@ -299,10 +334,27 @@ impl Workers {
                 refused();
                 return;
             }
+            self.started.fetch_add(1, Ordering::AcqRel);
         }
         if self.tx.send(job).is_err() {
             refused();
         }
+    }
+
+    /// Aborts the connects whose calls are gone (`all`: every one, the supervisor is ending).
+    fn reap(&self, listener: RawFd, all: bool) {
+        let Ok(mut m) = self.inflight.lock() else {
+            return;
+        };
+        m.retain(|id, socket| {
+            if !all && id_valid(listener, *id) {
+                return true;
+            }
+            // SAFETY: `socket` is an open descriptor. Shutting down a connecting socket ends
+            // the worker's connect with an error.
+            unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_RDWR) };
+            false
+        });
     }
 }
 
@@ -310,7 +362,6 @@ impl Workers {
 struct Prepared {
     socket: File,
     addr: Vec<u8>,
-    blocking: bool,
     event: Option<Event>,
 }
 
@@ -351,12 +402,28 @@ fn prepare_connect(
         .filter(|l| *l <= std::mem::size_of::<libc::sockaddr_storage>())
         .ok_or((Reply::Return(libc::EINVAL), None))?;
     let socket = pinned.fd(sockfd).map_err(|e| (errno(&e), None))?;
-    let domain = socket_domain(&socket).map_err(|e| (errno(&e), None))?;
-    if domain != libc::AF_INET && domain != libc::AF_INET6 {
-        // Unix and netlink sockets are not network egress. Should another thread swap an IP
-        // socket onto this descriptor before the kernel runs the call, landlock refuses it:
-        // the task cannot connect a TCP socket itself.
+    let domain = sockopt(&socket, libc::SO_DOMAIN).map_err(|e| (errno(&e), None))?;
+    if domain == libc::AF_UNIX || domain == libc::AF_NETLINK {
+        // Not network egress. Should another thread swap a TCP socket onto this descriptor
+        // before the kernel runs the call, landlock refuses it: the task cannot connect a TCP
+        // socket itself.
         return Err((Reply::Continue, None));
+    }
+    let tcp = (domain == libc::AF_INET || domain == libc::AF_INET6)
+        && sockopt(&socket, libc::SO_TYPE).ok() == Some(libc::SOCK_STREAM)
+        && sockopt(&socket, libc::SO_PROTOCOL).ok() == Some(libc::IPPROTO_TCP);
+    if !tcp {
+        // Whatever it is (a protocol the filter does not create, a socket turned into
+        // another), it is not what landlock's TCP rule covers: never let it continue.
+        return Err((
+            Reply::Return(libc::EAFNOSUPPORT),
+            Some(Event::ConnectRefused {
+                pid,
+                to: format!("a socket of family {domain}"),
+                reason: "only TCP, unix and netlink sockets connect under an egress allow-list"
+                    .into(),
+            }),
+        ));
     }
     let mut addr = vec![0u8; len];
     pinned
@@ -368,7 +435,6 @@ fn prepare_connect(
         // Dissolving an association reaches nobody.
         Ok(crate::egress::Target::Unspec) => {
             return Ok(Prepared {
-                blocking: false,
                 socket,
                 addr,
                 event: None,
@@ -387,7 +453,6 @@ fn prepare_connect(
         ));
     }
     Ok(Prepared {
-        blocking: !is_nonblocking(&socket),
         socket,
         addr,
         event: Some(Event::ConnectAllowed {
@@ -397,30 +462,24 @@ fn prepare_connect(
     })
 }
 
-fn socket_domain(f: &File) -> std::io::Result<i32> {
-    let mut domain: libc::c_int = 0;
+/// An integer `SOL_SOCKET` option.
+fn sockopt(f: &File, name: libc::c_int) -> std::io::Result<i32> {
+    let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `f` is open; `domain` and `len` are writable and sized for an int option.
     let rc = unsafe {
         libc::getsockopt(
             f.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&raw mut domain).cast(),
+            name,
+            (&raw mut value).cast(),
             &mut len,
         )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(domain)
-}
-
-/// `O_NONBLOCK` lives on the open file, which the duplicate shares with the task.
-fn is_nonblocking(f: &File) -> bool {
-    // SAFETY: `f` is open; F_GETFL takes no argument.
-    let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
-    flags >= 0 && flags & libc::O_NONBLOCK != 0
+    Ok(value)
 }
 
 fn refused(
@@ -488,7 +547,15 @@ impl Pinned {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: a fresh descriptor now owned by the File.
-        Ok(unsafe { File::from_raw_fd(got as RawFd) })
+        let file = unsafe { File::from_raw_fd(got as RawFd) };
+        // The pidfd reaches the thread group's descriptor table; a thread made without
+        // CLONE_FILES has its own. What the calling thread's `fd/N` shows must be this file.
+        let here = file.metadata()?;
+        let there = statat(&self.dir, &format!("fd/{fd}"))?;
+        if (here.dev(), here.ino()) != there {
+            return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+        }
+        Ok(file)
     }
 
     /// Where a link under the caller's `/proc/<pid>` points, as the caller sees it.
@@ -510,6 +577,20 @@ impl Pinned {
         buf.truncate(usize::try_from(n).unwrap_or(0));
         String::from_utf8(buf).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
     }
+}
+
+/// `(st_dev, st_ino)` of what `name` under `dir` points to (links followed).
+fn statat(dir: &File, name: &str) -> std::io::Result<(u64, u64)> {
+    let c = CString::new(name).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `dir` is an open directory fd, `c` NUL-terminated, `st` a writable stat.
+    let rc = unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), st.as_mut_ptr(), 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fstatat succeeded and filled it.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_dev, st.st_ino))
 }
 
 fn id_valid(listener: RawFd, id: u64) -> bool {

@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <arpa/inet.h>
 #include <linux/filter.h>
@@ -360,6 +361,22 @@ int main(int argc, char **argv) {
             m.msg_iovlen = 1;
             expect_refused("sendmsg MSG_FASTOPEN", sendmsg(f, &m, MSG_FASTOPEN));
             close(f);
+        }
+        /* Socket options that would send a checked connection elsewhere. */
+        {
+            int o = socket(AF_INET, SOCK_STREAM, 0);
+            expect_refused("setsockopt TCP_ULP smc", setsockopt(o, IPPROTO_TCP, 31, "smc", 4));
+            expect_refused("setsockopt SO_BINDTODEVICE eth0",
+                           setsockopt(o, SOL_SOCKET, SO_BINDTODEVICE, "eth0", 5));
+            unsigned char lsrr[8] = {1, 131, 7, 4, 10, 0, 0, 1}; /* NOP, LSRR via 10.0.0.1 */
+            expect_refused("setsockopt IP_OPTIONS source route",
+                           setsockopt(o, IPPROTO_IP, IP_OPTIONS, lsrr, sizeof lsrr));
+            int one = 1;
+            if (setsockopt(o, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) {
+                printf("ESCAPED: TCP_NODELAY refused too (%s)\n", ename(errno));
+                escaped = 1;
+            }
+            close(o);
         }
         /* A malformed address: too long for any sockaddr. */
         {
