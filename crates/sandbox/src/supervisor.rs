@@ -216,8 +216,8 @@ fn respond(listener: RawFd, id: u64, reply: Reply) {
 /// `connect(fd, addr, len)` under the egress allow-list. For an IPv4/IPv6 socket the
 /// supervisor makes the connection itself, on its own duplicate of the task's socket, with
 /// the bytes it copied and checked: the kernel never reads the task's memory again, so no
-/// thread of the task can change the address after the check. A blocking connect finishes
-/// on a worker thread, so one slow peer does not hold up the task's execs.
+/// thread of the task can change the address after the check. Every connect runs on a
+/// worker thread, so one slow peer does not hold up the task's execs.
 fn connect(
     listener: &Arc<OwnedFd>,
     n: &libc::seccomp_notif,
